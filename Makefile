@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`. Both build the same environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,export,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Exports real all-MiniLM-L6-v2 and a tiny random decoder, serves both over gRPC on loopback.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python demo/demo.py
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q
+
+# Regenerates the wire stubs from proto/; tests/test_proto_stubs.py fails when they drift.
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,126 @@
+"""The `appliance` command: serve, generate, embed, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import grpc
+
+
+def _serve(args) -> int:
+    from appliance.errors import ApplianceError, ConfigError
+    from appliance.server.app import serve
+    from appliance.server.config import load_config
+
+    overrides = {
+        "server": {"listen": args.listen, "models": args.models, "grace_period_s": args.grace_period},
+        "runtime": {"providers": args.providers.split(",") if args.providers else None,
+                    "intra_op_threads": args.threads},
+    }
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"appliance serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(config)
+    except (ApplianceError, OSError) as exc:
+        print(f"appliance serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _generate(args) -> int:
+    from appliance.client import ApplianceClient
+
+    with ApplianceClient(args.target) as client:
+        last = None
+        for chunk in client.generate(args.model, args.prompt, max_tokens=args.max_tokens,
+                                     temperature=args.temperature, seed=args.seed,
+                                     ignore_eos=args.ignore_eos):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            last = chunk
+        sys.stdout.write("\n")
+        if last is not None and args.verbose:
+            print(f"[{last.finish_reason}; prompt {last.prompt_tokens} tokens, completion "
+                  f"{last.completion_tokens} tokens, first token after "
+                  f"{last.time_to_first_token_ns / 1e6:.1f} ms]", file=sys.stderr)
+    return 0
+
+
+def _embed(args) -> int:
+    from appliance.client import ApplianceClient
+
+    with ApplianceClient(args.target) as client:
+        vectors = client.embed(args.model, args.texts, normalize=not args.raw)
+    for text, vector in zip(args.texts, vectors):
+        print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}, ensure_ascii=False))
+    return 0
+
+
+def _models(args) -> int:
+    from appliance.client import ApplianceClient
+
+    with ApplianceClient(args.target) as client:
+        for m in client.list_models():
+            line = f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} ctx={m.context_length}"
+            print(line + (f"  error: {m.error}" if m.error else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description="ONNX LLM inference appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC daemon")
+    serve.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    serve.add_argument("--models", type=Path, help="folder of model packages; each is served under its folder name")
+    serve.add_argument("--listen", help="HOST:PORT to listen on")
+    serve.add_argument("--providers", help="comma-separated execution providers: tensorrt,cuda,cpu")
+    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0: all cores)")
+    serve.add_argument("--grace-period", type=float, help="seconds running streams get after SIGTERM")
+    serve.set_defaults(func=_serve)
+
+    def client_command(name, help_text, func):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the appliance")
+        command.set_defaults(func=func)
+        return command
+
+    generate = client_command("generate", "stream a generation to the terminal", _generate)
+    generate.add_argument("--model", required=True)
+    generate.add_argument("--max-tokens", type=int, default=0)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--ignore-eos", action="store_true")
+    generate.add_argument("-v", "--verbose", action="store_true", help="print usage and timing to stderr")
+    generate.add_argument("prompt")
+
+    embed = client_command("embed", "print embeddings as JSON lines", _embed)
+    embed.add_argument("--model", required=True)
+    embed.add_argument("--raw", action="store_true", help="do not normalise to unit length")
+    embed.add_argument("texts", nargs="+")
+
+    client_command("models", "list served models", _models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        print(f"appliance {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""A typed Python client for appliance.v1, used by the `appliance` commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from appliance.v1 import inference_pb2 as pb
+from appliance.v1 import inference_pb2_grpc
+
+FINISH_REASONS = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_CANCELLED: "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class GenerateChunk:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: Optional[str] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_ns: int = 0
+    decode_ns: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    task: str
+    architecture: str
+    precision: str
+    context_length: int
+    state: str
+    error: str
+    execution_provider: str
+
+
+class ApplianceClient:
+    def __init__(self, target: str, timeout_s: Optional[float] = None):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "ApplianceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        seed: int = 0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        ignore_eos: bool = False,
+    ) -> Iterator[GenerateChunk]:
+        """Streams chunks as the server sends them; breaking out of the loop cancels the call."""
+        request = pb.GenerateRequest(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+            seed=seed, top_k=top_k, top_p=top_p, ignore_eos=ignore_eos,
+        )
+        call = self.stub.Generate(request, timeout=self.timeout_s)
+        try:
+            for message in call:
+                yield GenerateChunk(
+                    text=message.text,
+                    token_ids=tuple(message.token_ids),
+                    finish_reason=FINISH_REASONS.get(message.finish_reason),
+                    prompt_tokens=message.usage.prompt_tokens,
+                    completion_tokens=message.usage.completion_tokens,
+                    time_to_first_token_ns=message.timings.time_to_first_token_ns,
+                    decode_ns=message.timings.decode_ns,
+                )
+        finally:
+            call.cancel()
+
+    def embed(self, model: str, texts: list[str], normalize: bool = True) -> np.ndarray:
+        response = self.stub.Embed(pb.EmbedRequest(model=model, texts=texts, normalize=normalize), timeout=self.timeout_s)
+        return np.asarray([list(e.values) for e in response.embeddings], np.float32)
+
+    def list_models(self) -> list[ModelSummary]:
+        response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        return [
+            ModelSummary(
+                name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,
+                context_length=m.context_length, state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
+                error=m.error, execution_provider=m.execution_provider,
+            )
+            for m in response.models
+        ]
+
+    def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING' or 'SERVICE_UNKNOWN'."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout_s: float) -> None:
+        """Polls health until SERVING; raises TimeoutError otherwise."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"appliance not SERVING after {timeout_s:.0f}s")

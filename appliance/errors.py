@@ -1,0 +1,66 @@
+"""One exception hierarchy for the whole appliance.
+
+Each class names the gRPC status it maps to; appliance/server/errors.py is the one place that
+turns them into statuses. Messages must never contain prompt text or detected PII: they name the
+field or file at fault and the reason.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class; anything else that escapes a handler becomes INTERNAL with no detail."""
+
+    status_name = "INTERNAL"
+
+
+class InvalidRequest(ApplianceError):
+    """A request field is missing or out of range; the message names the field."""
+
+    status_name = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ModelNotFound(ApplianceError):
+    status_name = "NOT_FOUND"
+
+    def __init__(self, name: str):
+        super().__init__(f"model {name!r} is not served here")
+        self.name = name
+
+
+class ModelNotReady(ApplianceError):
+    """The model exists but is loading or failed to load."""
+
+    status_name = "UNAVAILABLE"
+
+
+class WrongTask(ApplianceError):
+    """The request's RPC does not fit the model's task (e.g. Embed on a decoder)."""
+
+    status_name = "FAILED_PRECONDITION"
+
+
+class QueueFull(ApplianceError):
+    status_name = "RESOURCE_EXHAUSTED"
+
+
+class Draining(ApplianceError):
+    status_name = "UNAVAILABLE"
+
+
+class PackageError(ApplianceError):
+    """A model package is unusable: unknown schema, missing or changed file, bad signature."""
+
+    def __init__(self, package: str, reason: str):
+        super().__init__(f"package {package}: {reason}")
+        self.package = package
+        self.reason = reason
+
+
+class ConfigError(ApplianceError):
+    """The daemon's configuration is invalid; the message names the field."""

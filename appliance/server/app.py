@@ -1,0 +1,96 @@
+"""The daemon's main loop: build the server, load models in the background, drain on SIGTERM.
+
+Health (`grpc.health.v1`) says NOT_SERVING until the models are loaded and warmed, SERVING while
+at least one is ready, and NOT_SERVING again from the moment a drain starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from appliance.engine.providers import RuntimeOptions
+from appliance.registry import ModelRegistry
+from appliance.server.config import Config
+from appliance.server.service import InferenceService
+from appliance.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+DRAIN_POLL_S = 0.05
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads)
+        self.registry = ModelRegistry(config.server.models, runtime, config.server.max_queue)
+        self.service = InferenceService(self.registry, config.server.default_max_tokens)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server()
+        inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(config.server.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.server.listen}")
+        self._stop = asyncio.Event()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self._set_health(False)
+        await self.server.start()
+        log.info("listening on %s, loading %d model(s)", self.config.server.listen, len(self.registry.names))
+        await asyncio.to_thread(self.registry.load_all)
+        if not self._stop.is_set():
+            await self._set_health(self.registry.any_ready)
+            log.info("ready: %s", ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries()))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def drain(self) -> None:
+        """NOT_SERVING, refuse new calls, let running streams finish within the grace period."""
+        grace = self.config.server.grace_period_s
+        log.info("draining: %d stream(s) in flight, grace %.1fs", self.service.active_streams, grace)
+        self.service.draining = True
+        self.registry.stop_admitting()
+        await self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace
+        while (self.service.active_streams or self.registry.busy()) and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        await self.server.stop(grace=0)
+        self.registry.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        starting = asyncio.create_task(self.start())
+        await self._stop.wait()
+        if not starting.done():
+            starting.cancel()
+        await self.drain()
+
+
+async def _run(config: Config) -> None:
+    # grpc.aio binds the server to the running loop, so it must be built inside it.
+    await Daemon(config).run()
+
+
+def serve(config: Config) -> None:
+    asyncio.run(_run(config))

