@@ -1,0 +1,123 @@
+"""The daemon over a real loopback gRPC connection (`appliance serve` in a subprocess)."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tokenizers import Tokenizer
+
+from appliance.v1 import inference_pb2 as pb
+from appliance.v1 import inference_pb2_grpc
+
+
+def test_generate_streams_tokens_in_order_with_usage_last(client, models_dir):
+    chunks = list(client.generate("qwen2", "Where is my order? 我的订单", max_tokens=24, ignore_eos=True))
+    assert len(chunks) >= 24  # one message per token, then the summary
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.finish_reason == "length"
+    assert last.completion_tokens == 24
+    ids = [t for c in chunks for t in c.token_ids]
+    assert len(ids) == 24
+    tokenizer = Tokenizer.from_file(str(models_dir / "qwen2" / "tokenizer.json"))
+    assert last.prompt_tokens == len(tokenizer.encode("Where is my order? 我的订单").ids)
+    assert "".join(c.text for c in chunks) == tokenizer.decode(ids)
+    assert last.time_to_first_token_ns > 0
+
+
+def test_greedy_is_deterministic_and_seeded_sampling_repeats(client):
+    def tokens(**kw):
+        return [t for c in client.generate("llama", "Refund please", max_tokens=16, ignore_eos=True, **kw)
+                for t in c.token_ids]
+
+    assert tokens() == tokens()
+    assert tokens(temperature=0.9, seed=5) == tokens(temperature=0.9, seed=5)
+    assert tokens(temperature=0.9, seed=5) != tokens(temperature=0.9, seed=6)
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.generate("no-such-model", "hello"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-model" in info.value.details()
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "hi", "temperature": -1.0}, "temperature"),
+    ({"prompt": "hi", "top_p": 2.0}, "top_p"),
+    ({"prompt": "hi", "model": ""}, "model"),
+])
+def test_bad_requests_are_invalid_argument_naming_the_field(daemon, kwargs, field):
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        request = pb.GenerateRequest(**{"model": "llama", **kwargs})
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Generate(request, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(field + ":")
+
+
+def test_error_messages_never_echo_the_prompt(client):
+    secret = "alice.smith@example.com " * 400  # over the context length
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.generate("llama", secret))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "alice" not in info.value.details()
+
+
+def test_wrong_task_is_failed_precondition(client):
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.generate("minilm", "hello"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as info:
+        client.embed("llama", ["hello"])
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_embed_matches_questions_to_intents(client):
+    intents = ["track a delivery or shipping status", "get money back for a purchase", "reset a forgotten password"]
+    questions = ["Where is my parcel? It has not arrived.", "I want a refund for these shoes.",
+                 "I can't log in, I forgot my password."]
+    vectors = client.embed("minilm", intents + questions)
+    assert vectors.shape == (6, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    similarity = vectors[3:] @ vectors[:3].T
+    assert similarity.argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_embed_rejects_an_empty_text_naming_its_index(client):
+    with pytest.raises(grpc.RpcError) as info:
+        client.embed("minilm", ["fine", ""])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("texts[1]:")
+
+
+def test_list_models_reports_each_package(client):
+    models = {m.name: m for m in client.list_models()}
+    assert set(models) == {"llama", "qwen2", "minilm"}
+    assert models["minilm"].task == "feature-extraction" and models["minilm"].precision == "int8"
+    assert models["llama"].state == "ready" and models["llama"].context_length == 256
+    assert models["llama"].execution_provider == "CPUExecutionProvider"
+
+
+def test_health_is_serving_for_the_server_and_the_service(client):
+    assert client.health() == "SERVING"
+    assert client.health("appliance.v1.Inference") == "SERVING"
+
+
+def test_reflection_lists_the_services(daemon):
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"appliance.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+def test_a_cancelled_stream_does_not_disturb_the_next(client):
+    stream = client.generate("llama", "Long story", max_tokens=200, ignore_eos=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    stream.close()  # cancels the call
+    chunks = list(client.generate("llama", "Short", max_tokens=4, ignore_eos=True))
+    assert chunks[-1].completion_tokens == 4

@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny random models of real architectures, exported once per session.
+
+Fixtures write only under pytest's temporary folders and never change global state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    from appliance.engine.providers import PROVIDER_NAMES
+
+    try:
+        import onnxruntime
+
+        has_cuda = PROVIDER_NAMES["cuda"] in onnxruntime.get_available_providers()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="no CUDA execution provider on this host")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def export_or_fail(source: Path, output: Path, *extra: str) -> Path:
+    done = run_export(str(source), "--output", str(output), *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    from export.tiny_models import make_bert, make_decoder, minilm_dir
+
+    root = tmp_path_factory.mktemp("sources")
+    return {
+        "llama": make_decoder(root / "llama", "llama"),
+        "qwen2": make_decoder(root / "qwen2", "qwen2", seed=1),
+        "bert": make_bert(root / "bert"),
+        "minilm": minilm_dir(),
+    }
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, sources) -> Path:
+    """A served models folder: tiny llama and qwen2 (fp32), real MiniLM (int8)."""
+    root = tmp_path_factory.mktemp("models")
+    export_or_fail(sources["llama"], root / "llama")
+    export_or_fail(sources["qwen2"], root / "qwen2")
+    export_or_fail(sources["minilm"], root / "minilm", "--precision", "int8")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """`appliance serve` in a subprocess on a loopback port."""
+
+    def __init__(self, models: Path, *extra: str):
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = models.parent / f"daemon-{self.port}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--models", str(models), "--listen", self.target,
+             "--threads", "1", *extra],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_serving(self, timeout_s: float = 60) -> "DaemonProcess":
+        from appliance.client import ApplianceClient
+
+        with ApplianceClient(self.target) as client:
+            client.wait_until_serving(timeout_s)
+        return self
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def daemon(models_dir):
+    process = DaemonProcess(models_dir).wait_serving()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def client(daemon):
+    from appliance.client import ApplianceClient
+
+    with ApplianceClient(daemon.target, timeout_s=60) as c:
+        yield c
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
