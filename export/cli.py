@@ -63,6 +63,10 @@ def detect_task(source: ModelSource) -> str:
 
 
 def _chat_template(source_dir: Path) -> str | None:
+    # transformers >= 4.43 may save the template beside the config instead of inside it.
+    jinja = source_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
     path = source_dir / "tokenizer_config.json"
     if path.is_file():
         template = json.loads(path.read_text()).get("chat_template")

@@ -19,7 +19,7 @@ from appliance.model_package import MANIFEST_NAME
 from export.source import ExportError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json")
+                   "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
 
 def check_destination(output: Path) -> None:
