@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _serve(args) -> int:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 2
     try:
-        serve(config)
+        serve(config, notify_socket=os.environ.get("NOTIFY_SOCKET"))
     except (ApplianceError, OSError) as exc:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 1

@@ -40,15 +40,21 @@ def make_tokenizer(vocab_size: int = 1024):
 
 
 def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 64, layers: int = 2,
-                 heads: int = 4, kv_heads: int = 2, context_length: int = 256, seed: int = 0) -> Path:
-    """Saves a random decoder of `architecture` (config, safetensors, tokenizer) to out_dir."""
+                 heads: int = 4, kv_heads: int = 2, context_length: int = 256, seed: int = 0,
+                 intermediate_size: int | None = None, vocab_size: int | None = None) -> Path:
+    """Saves a random decoder of `architecture` (config, safetensors, tokenizer) to out_dir.
+
+    vocab_size may exceed the tokenizer's (rows it never produces), to match a real model's
+    embedding and LM-head sizes in benchmarks.
+    """
     import torch
     import transformers
 
     config_name, model_name = ARCHITECTURES[architecture]
     tokenizer = make_tokenizer()
     config = getattr(transformers, config_name)(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        vocab_size=max(vocab_size or 0, len(tokenizer)), hidden_size=hidden_size,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=context_length, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,

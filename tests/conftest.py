@@ -76,7 +76,7 @@ def free_port() -> int:
 class DaemonProcess:
     """`appliance serve` in a subprocess on a loopback port."""
 
-    def __init__(self, models: Path, *extra: str):
+    def __init__(self, models: Path, *extra: str, env: dict | None = None):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = models.parent / f"daemon-{self.port}.log"
@@ -84,7 +84,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "serve", "--models", str(models), "--listen", self.target,
              "--threads", "1", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
 
     def wait_serving(self, timeout_s: float = 60) -> "DaemonProcess":

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from appliance.engine.providers import RuntimeOptions
 from appliance.registry import ModelRegistry
 from appliance.server.config import Config
+from appliance.server.sd_notify import Notifier
 from appliance.server.service import InferenceService
 from appliance.v1 import inference_pb2, inference_pb2_grpc
 
@@ -28,8 +29,9 @@ DRAIN_POLL_S = 0.05
 
 
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, notifier: Notifier | None = None):
         self.config = config
+        self.notifier = notifier or Notifier(None)
         runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads)
         self.registry = ModelRegistry(config.server.models, runtime, config.server.max_queue)
         self.service = InferenceService(self.registry, config.server.default_max_tokens)
@@ -54,10 +56,13 @@ class Daemon:
         await self._set_health(False)
         await self.server.start()
         log.info("listening on %s, loading %d model(s)", self.config.server.listen, len(self.registry.names))
+        self.notifier.status(f"loading {len(self.registry.names)} model(s)")
         await asyncio.to_thread(self.registry.load_all)
         if not self._stop.is_set():
             await self._set_health(self.registry.any_ready)
-            log.info("ready: %s", ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries()))
+            summary = ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries())
+            log.info("ready: %s", summary)
+            self.notifier.ready(f"serving on {self.config.server.listen}: {summary}")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -67,6 +72,7 @@ class Daemon:
         grace = self.config.server.grace_period_s
         log.info("draining: %d stream(s) in flight, grace %.1fs", self.service.active_streams, grace)
         self.service.draining = True
+        self.notifier.stopping(f"draining {self.service.active_streams} stream(s)")
         self.registry.stop_admitting()
         await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace
@@ -87,10 +93,10 @@ class Daemon:
         await self.drain()
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config, notify_socket: str | None) -> None:
     # grpc.aio binds the server to the running loop, so it must be built inside it.
-    await Daemon(config).run()
+    await Daemon(config, Notifier(notify_socket)).run()
 
 
-def serve(config: Config) -> None:
-    asyncio.run(_run(config))
+def serve(config: Config, notify_socket: str | None = None) -> None:
+    asyncio.run(_run(config, notify_socket))
