@@ -24,7 +24,7 @@ from appliance.errors import PackageError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-Task = Literal["text-generation", "feature-extraction"]
+Task = Literal["text-generation", "feature-extraction", "text-classification", "token-classification"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 
 
@@ -83,8 +83,14 @@ class Source(_Frozen):
 class Target(_Frozen):
     name: Literal["cpu", "cuda", "tensorrt"]
     onnxruntime_version: str
+    # TensorRT engines only run on the GPU generation and TensorRT version they were built with.
     compute_capability: Optional[str] = None
     tensorrt_version: Optional[str] = None
+    gpu_name: Optional[str] = None
+    # Package-relative path of the EPContext model that embeds the engine.
+    engine_model: Optional[str] = None
+    # Optimization profile the engine was built for: input name -> [min, opt, max] shapes.
+    profiles: Optional[dict[str, list[list[int]]]] = None
 
 
 class Manifest(_Frozen):
@@ -107,6 +113,8 @@ class Manifest(_Frozen):
     kv_layout: Optional[KVLayout] = None
     pooling: Optional[Pooling] = None
     embedding_dim: Optional[int] = None
+    # Class names by output index (text- and token-classification).
+    labels: Optional[list[str]] = None
     targets: list[Target]
     validation: dict = Field(default_factory=dict)
     exporter_version: str

@@ -16,10 +16,11 @@ from typing import Optional
 
 from tokenizers import Tokenizer
 
-from appliance.engine.decoder_runner import DecoderRunner
+from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
+from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, ModelNotFound, ModelNotReady, PackageError
 from appliance.model_package import Manifest, find_packages, open_package
@@ -42,6 +43,7 @@ class ServedModel:
     manifest: Optional[Manifest] = None
     engine: Optional[GenerationEngine] = None
     embedder: Optional[Embedder] = None
+    classifier: Optional[Classifier] = None
     provider: str = ""
     ready_event: threading.Event = field(default_factory=threading.Event)
 
@@ -103,16 +105,21 @@ class ModelRegistry:
         model.manifest = manifest
         tokenizer = load_tokenizer(model.path)
         if manifest.task == "text-generation":
-            runner = DecoderRunner(model.path, manifest, self.runtime)
+            runner = open_decoder_runner(model.path, manifest, self.runtime)
             model.provider = runner.provider
             engine = GenerationEngine(runner, tokenizer, manifest.eos_token_ids, self.max_queue, name=f"engine-{model.name}")
             model.engine = engine
             self._warm_decoder(engine)
-        else:
+        elif manifest.task == "feature-extraction":
             embedder = Embedder(model.path, manifest, tokenizer, self.runtime)
             model.provider = embedder.provider
             embedder.embed(["warm-up"], normalize=False)
             model.embedder = embedder
+        else:
+            classifier = Classifier(model.path, manifest, tokenizer, self.runtime)
+            model.provider = classifier.provider
+            classifier.logits(["warm-up"])
+            model.classifier = classifier
 
     @staticmethod
     def _warm_decoder(engine: GenerationEngine) -> None:

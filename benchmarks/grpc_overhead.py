@@ -60,7 +60,7 @@ def main() -> int:
     from tokenizers import Tokenizer
 
     from appliance.client import ApplianceClient
-    from appliance.engine.decoder_runner import DecoderRunner
+    from appliance.engine.runners import open_decoder_runner
     from appliance.engine.engine import GenerationEngine
     from appliance.engine.providers import RuntimeOptions
     from appliance.model_package import open_package
@@ -68,7 +68,7 @@ def main() -> int:
     package = args.package.resolve()
     manifest = open_package(package)
     tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
-    engine = GenerationEngine(DecoderRunner(package, manifest, RuntimeOptions(intra_op_threads=args.threads)),
+    engine = GenerationEngine(open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=args.threads)),
                               tokenizer, manifest.eos_token_ids)
     target = f"127.0.0.1:{free_port()}"
     daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--models", str(package.parent),

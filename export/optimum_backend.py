@@ -1,29 +1,25 @@
-"""Encoders (and every architecture Optimum exports) through optimum.exporters.onnx, then
-onnxruntime.quantization for int8 / int4 and onnxruntime's fp16 converter."""
+"""Every architecture Optimum exports (decoders it knows beyond the builder's list, and all
+encoders) through optimum.exporters.onnx, then onnxruntime.quantization for int8 / int4 and
+onnxruntime's fp16 converter."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.model_package import Pooling
-from export.builder_backend import QuantRecipe
+from appliance.model_package import KVLayout, Pooling
+from export.quantize import QuantRecipe, quantize
 from export.source import ExportError, ModelSource
 
-FP32_NAME = "model.onnx"
+MODEL_FILE = "model.onnx"
 
-
-@dataclass(frozen=True)
-class OptimumResult:
-    model_file: str
-    pooling: Pooling
-    embedding_dim: int
-    context_length: int
-    vocab_size: int
-    pad_token_id: int | None
-    quantization: dict
+OPTIMUM_TASKS = {
+    "text-generation": "text-generation-with-past",
+    "feature-extraction": "feature-extraction",
+    "text-classification": "text-classification",
+    "token-classification": "token-classification",
+}
 
 
 def _pooling_for(source: ModelSource, output_names: list[str]) -> Pooling:
@@ -38,8 +34,39 @@ def _pooling_for(source: ModelSource, output_names: list[str]) -> Pooling:
     return Pooling(mode=mode, output="last_hidden_state", normalize=False)
 
 
-def export_encoder(source: ModelSource, staging: Path, precision: str, target: str,
-                   recipe: QuantRecipe, work_dir: Path) -> OptimumResult:
+def _kv_layout(inputs: dict) -> KVLayout:
+    keys = sorted(name for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
+    if not keys:
+        raise ExportError("the exported decoder has no past_key_values inputs; cannot serve it incrementally")
+    first = inputs[keys[0]]
+    heads, head_dim = first.shape[1], first.shape[3]
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
+        raise ExportError("the exported decoder's KV shapes are not static in heads and head size")
+    return KVLayout(num_layers=len(keys), num_kv_heads=heads, head_dim=head_dim,
+                    past_key="past_key_values.%d.key", past_value="past_key_values.%d.value",
+                    present_key="present.%d.key", present_value="present.%d.value",
+                    dtype="float16" if "float16" in first.type else "float32", shared_buffer=False)
+
+
+def _eos_ids(source: ModelSource) -> list[int]:
+    config = dict(source.config)
+    generation = source.path / "generation_config.json"
+    if generation.is_file():
+        config.update({k: v for k, v in json.loads(generation.read_text()).items() if v is not None})
+    eos = config.get("eos_token_id")
+    return [] if eos is None else (list(eos) if isinstance(eos, list) else [eos])
+
+
+def _context_length(config: dict) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return 512
+
+
+def export(source: ModelSource, staging: Path, task: str, precision: str, target: str,
+           recipe: QuantRecipe, work_dir: Path, phases) -> dict:
+    """Exports, quantizes into staging/model.onnx; returns the manifest fields it determines."""
     from optimum.exporters.onnx import main_export
     import onnxruntime as ort
 
@@ -47,57 +74,32 @@ def export_encoder(source: ModelSource, staging: Path, precision: str, target: s
         raise ExportError("fp16 is for GPU targets; use --target cuda, or fp32/int8/int4 for cpu")
     raw_dir = work_dir / "optimum"
     try:
-        main_export(str(source.path), output=raw_dir, task="feature-extraction", do_validation=False,
+        main_export(str(source.path), output=raw_dir, task=OPTIMUM_TASKS[task], do_validation=False,
                     local_files_only=True)
-    except (ValueError, KeyError) as exc:
-        raise ExportError(f"Optimum cannot export {source.model_type or 'this model'} for feature-extraction: "
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise ExportError(f"Optimum cannot export {source.model_type or 'this model'} for {task}: "
                           f"{str(exc).splitlines()[0][:200]}") from None
     for item in raw_dir.iterdir():
-        if item.is_file() and item.suffix != ".onnx" and not item.name.startswith("model.onnx"):
+        if item.is_file() and item.suffix != ".onnx" and not item.name.startswith(MODEL_FILE):
             shutil.copy2(item, staging / item.name)
-    fp32_path = raw_dir / FP32_NAME
-    quantization = quantize(fp32_path, staging / FP32_NAME, precision, recipe)
-    session = ort.InferenceSession(str(staging / FP32_NAME), providers=["CPUExecutionProvider"])
+    phases.begin("quantize")
+    tokenizer = raw_dir / "tokenizer.json"
+    quantization = quantize(raw_dir / MODEL_FILE, staging / MODEL_FILE, precision, recipe,
+                            tokenizer if tokenizer.is_file() else None)
+    session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    pooling = _pooling_for(source, list(outputs))
-    dim = outputs[pooling.output].shape[-1]
     config = source.config
-    return OptimumResult(
-        model_file=FP32_NAME,
-        pooling=pooling,
-        embedding_dim=int(dim),
-        context_length=int(config.get("max_position_embeddings", 512)),
-        vocab_size=int(config.get("vocab_size", 0)),
-        pad_token_id=config.get("pad_token_id"),
-        quantization=quantization,
-    )
-
-
-def quantize(fp32_path: Path, out_path: Path, precision: str, recipe: QuantRecipe) -> dict:
-    """Writes the graph at `precision` to out_path; returns the recipe record for the manifest."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    if precision == "fp32":
-        shutil.copy2(fp32_path, out_path)
-        return {}
-    if precision == "int8":
-        # Per-channel weights: all-MiniLM-L6-v2 kept 0.992 mean cosine this way, 0.953 per-tensor.
-        quantize_dynamic(str(fp32_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
-        return {"method": "dynamic", "weight_type": "QInt8", "per_channel": True,
-                "tool": "onnxruntime.quantization.quantize_dynamic"}
-    if precision == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(str(fp32_path), bits=4, block_size=recipe.block_size,
-                                         is_symmetric=recipe.symmetric, accuracy_level=recipe.accuracy_level)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out_path))
-        return {"method": "rtn", "op": "MatMulNBits", "bits": 4, "block_size": recipe.block_size,
-                "accuracy_level": recipe.accuracy_level, "symmetric": recipe.symmetric,
-                "tool": "onnxruntime.quantization.MatMulNBitsQuantizer"}
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    onnx.save(model, str(out_path))
-    return {"method": "cast", "keep_io_types": True, "tool": "onnxruntime.transformers.float16"}
+    fields = {"model_file": MODEL_FILE, "context_length": _context_length(config),
+              "vocab_size": int(config.get("vocab_size", 0)), "pad_token_id": config.get("pad_token_id"),
+              "quantization": quantization}
+    if task == "text-generation":
+        fields.update(kv_layout=_kv_layout(inputs), eos_token_ids=_eos_ids(source),
+                      bos_token_id=config.get("bos_token_id"))
+    elif task == "feature-extraction":
+        pooling = _pooling_for(source, list(outputs))
+        fields.update(pooling=pooling, embedding_dim=int(outputs[pooling.output].shape[-1]))
+    else:
+        id2label = config.get("id2label") or {}
+        fields["labels"] = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
+    return fields

@@ -22,11 +22,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
 
-def check_destination(output: Path) -> None:
+def check_destination(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not (output / MANIFEST_NAME).is_file():
         raise ExportError(f"{output} is a non-empty folder that is not a model package; refusing to replace it")
+    if not overwrite:
+        raise ExportError(f"{output} already holds a package; pass --overwrite to replace it")
 
 
 @contextmanager

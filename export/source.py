@@ -63,4 +63,31 @@ def resolve_source(source: str, revision: Optional[str] = None) -> ModelSource:
         raise ExportError(f"{config_path} is not valid JSON (line {exc.lineno})") from None
     if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
         raise ExportError(f"{source} holds no weights (*.safetensors or pytorch_model*.bin)")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
     return ModelSource(path, config, record)
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuses a truncated or corrupt safetensors file before any exporter trips over it.
+
+    The format is an 8-byte little-endian header length, a JSON header whose entries give each
+    tensor's byte range, then the data: the file must hold the header and every range.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ExportError(f"{path.name} is truncated ({size} bytes)")
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > size - 8:
+            raise ExportError(f"{path.name} is truncated: its header needs {header_len} bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ExportError(f"{path.name} is corrupt: its header is not valid JSON") from None
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        raise ExportError(f"{path.name} is truncated: {size} bytes, its header describes {needed}")

@@ -25,6 +25,10 @@ ARCHITECTURES = {
 }
 
 
+# Phi-3 "mini 4k" style: no LongRoPE when the context equals the original one.
+ARCHITECTURE_EXTRAS = {"phi3": lambda context_length: {"original_max_position_embeddings": context_length}}
+
+
 def make_tokenizer(vocab_size: int = 1024):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -58,6 +62,7 @@ def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=context_length, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        **ARCHITECTURE_EXTRAS.get(architecture, lambda ctx: {})(context_length),
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config)
@@ -72,17 +77,47 @@ def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 
     return out_dir
 
 
-def make_bert(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Saves a random BERT encoder with a WordPiece-free byte-level tokenizer to out_dir."""
+def make_gpt2(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Saves a random GPT-2 (an architecture the builder does not take: Optimum exports it)."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = make_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=hidden_size * 2, max_position_embeddings=128,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden_size, n_layer=layers, n_head=4, n_positions=256,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    BertModel(config).save_pretrained(out_dir)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.25)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+BERT_HEADS = {
+    None: "BertModel",
+    "text-classification": "BertForSequenceClassification",
+    "token-classification": "BertForTokenClassification",
+}
+
+
+def make_bert(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int = 0, task: str | None = None) -> Path:
+    """Saves a random BERT encoder (with a classification head for `task`) and a byte-level tokenizer."""
+    import torch
+    import transformers
+
+    tokenizer = make_tokenizer()
+    labels = {"text-classification": ["refund", "delivery", "account"],
+              "token-classification": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}.get(task, [])
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                                     num_attention_heads=4, intermediate_size=hidden_size * 2,
+                                     max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                                     id2label=dict(enumerate(labels)) or None,
+                                     label2id={label: i for i, label in enumerate(labels)} or None)
+    torch.manual_seed(seed)
+    getattr(transformers, BERT_HEADS[task])(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 

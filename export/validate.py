@@ -3,6 +3,7 @@
 Decoders: logits along the reference's greedy path (teacher forced), the share of steps whose
 argmax agrees, and how many free-running greedy tokens match before the first divergence.
 Encoders: cosine similarity of each sentence's embedding to the reference's.
+Classifiers: logits difference relative to their scale, and argmax agreement.
 The figures go into the manifest; thresholds decide whether the package may be written.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from appliance.engine.providers import RuntimeOptions
 from appliance.model_package import Manifest
+from appliance.registry import load_tokenizer
 from export.validation_texts import DECODER_PROMPT, SENTENCES
 
 GREEDY_TOKENS = 32
@@ -23,23 +25,37 @@ GREEDY_TOKENS = 32
 DECODER_THRESHOLDS = {"fp32": {"logits_rel_diff": 1e-3, "greedy_prefix_match": GREEDY_TOKENS},
                       "fp16": {"logits_rel_diff": 2e-2}, "int8": None, "int4": None}
 ENCODER_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int4": 0.95}
+CLASSIFIER_THRESHOLDS = {"fp32": 1e-3, "fp16": 2e-2}
+CPU = RuntimeOptions(("cpu",))
 
 
-def _tokenize(package_dir: Path, text: str) -> list[int]:
-    from appliance.registry import load_tokenizer
+def run(source_dir: Path, package_dir: Path, manifest: Manifest, phases) -> dict:
+    if not _runnable_here(manifest):
+        return {"kind": "skipped", "reason": f"{manifest.precision} graphs for {manifest.targets[0].name} "
+                "need a CUDA device to validate; none on the export host"}
+    if manifest.task == "text-generation":
+        return validate_decoder(source_dir, package_dir, manifest, phases)
+    if manifest.task == "feature-extraction":
+        return validate_encoder(source_dir, package_dir, manifest)
+    return validate_classifier(source_dir, package_dir, manifest)
 
-    ids = load_tokenizer(package_dir).encode(text).ids
-    return ids or [0]
+
+def _runnable_here(manifest: Manifest) -> bool:
+    import onnxruntime as ort
+
+    on_gpu_only = manifest.precision == "fp16" or (manifest.backend == "builder" and manifest.targets[0].name != "cpu")
+    return not on_gpu_only or "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest) -> dict:
+def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, phases) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from appliance.engine.decoder_runner import DecoderRunner
+    from appliance.engine.runners import open_decoder_runner
 
-    prompt = _tokenize(package_dir, DECODER_PROMPT)
+    prompt = load_tokenizer(package_dir).encode(DECODER_PROMPT).ids or [0]
     steps = min(GREEDY_TOKENS, manifest.context_length - len(prompt) - 1)
+    phases.set_total(2 * steps)
     reference = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         generated = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -47,12 +63,14 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest) ->
                                        pad_token_id=0)[0].tolist()
         ref_logits = reference(torch.tensor([generated])).logits[0].float().numpy()  # [T, vocab]
     path = generated[len(prompt):]
-    runner = DecoderRunner(package_dir, manifest, RuntimeOptions(("cpu",)))
-    ort_logits = [runner.prefill(prompt)]
+    runner = open_decoder_runner(package_dir, manifest, CPU)
+    ort_logits = [runner.prefill(prompt).copy()]
     for token in path[:-1]:
-        ort_logits.append(runner.decode(token).copy())  # decode() returns a reused buffer
+        ort_logits.append(runner.decode(token).copy())  # decode() may return a reused buffer
+        phases.advance()
     ort_logits = np.stack(ort_logits)  # [steps, vocab]
-    ref_path_logits = ref_logits[len(prompt) - 1 : len(prompt) - 1 + len(path)]
+    # Vocabulary rows past the tokenizer's may be padding in the graph; compare the model's own.
+    ref_path_logits = ref_logits[len(prompt) - 1 : len(prompt) - 1 + len(path), : ort_logits.shape[1]]
     max_abs = float(np.abs(ort_logits - ref_path_logits).max())
     scale = float(np.abs(ref_path_logits).max()) or 1.0
     agreement = float(np.mean(ort_logits.argmax(-1) == np.asarray(path)))
@@ -60,6 +78,7 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest) ->
     free = [int(np.argmax(runner.prefill(prompt)))]
     while len(free) < len(path):
         free.append(int(np.argmax(runner.decode(free[-1]))))
+        phases.advance()
     prefix = next((i for i, (a, b) in enumerate(zip(free, path)) if a != b), len(path))
     return {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),
             "logits_max_abs_diff": max_abs, "logits_rel_diff": max_abs / scale,
@@ -89,9 +108,8 @@ def _reference_embeddings(source_dir: Path, manifest: Manifest) -> np.ndarray:
 
 def validate_encoder(source_dir: Path, package_dir: Path, manifest: Manifest) -> dict:
     from appliance.engine.embedder import Embedder
-    from appliance.registry import load_tokenizer
 
-    embedder = Embedder(package_dir, manifest, load_tokenizer(package_dir), RuntimeOptions(("cpu",)))
+    embedder = Embedder(package_dir, manifest, load_tokenizer(package_dir), CPU)
     ours, _ = embedder.embed(SENTENCES, normalize=True)
     ref = _reference_embeddings(source_dir, manifest)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
@@ -100,10 +118,36 @@ def validate_encoder(source_dir: Path, package_dir: Path, manifest: Manifest) ->
             "cosine_min": float(cosines.min())}
 
 
+def validate_classifier(source_dir: Path, package_dir: Path, manifest: Manifest) -> dict:
+    import torch
+    import transformers
+
+    from appliance.engine.classifier import Classifier
+
+    classifier = Classifier(package_dir, manifest, load_tokenizer(package_dir), CPU)
+    ours, mask = classifier.logits(SENTENCES)
+    ids, _ = classifier.encode(SENTENCES)
+    auto = (transformers.AutoModelForTokenClassification if classifier.per_token
+            else transformers.AutoModelForSequenceClassification)
+    model = auto.from_pretrained(source_dir, dtype=torch.float32).eval()
+    # Same token ids as the package's tokenizer, so only the graph is being compared.
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    valid = mask.astype(bool) if classifier.per_token else np.ones(len(SENTENCES), bool)
+    diff = np.abs(ours - ref)[valid]
+    scale = float(np.abs(ref[valid]).max()) or 1.0
+    agreement = float(np.mean(ours.argmax(-1)[valid] == ref.argmax(-1)[valid]))
+    return {"kind": "classifier", "sentences": len(SENTENCES), "logits_max_abs_diff": float(diff.max()),
+            "logits_rel_diff": float(diff.max()) / scale, "label_agreement": agreement}
+
+
 def failures(figures: dict, task: str, precision: str) -> list[str]:
     """Human-readable threshold failures; empty when the package may be written."""
+    kind = figures.get("kind")
+    if kind == "skipped":
+        return []
     problems = []
-    if task == "text-generation":
+    if kind == "decoder":
         limits = DECODER_THRESHOLDS[precision] or {}
         if "logits_rel_diff" in limits and figures["logits_rel_diff"] > limits["logits_rel_diff"]:
             problems.append(f"logits differ by {figures['logits_rel_diff']:.2e} of their scale "
@@ -111,8 +155,12 @@ def failures(figures: dict, task: str, precision: str) -> list[str]:
         wanted = min(limits.get("greedy_prefix_match", 0), figures["greedy_tokens"])
         if figures["greedy_prefix_match"] < wanted:
             problems.append(f"greedy tokens diverge at {figures['greedy_prefix_match']} (want {wanted})")
-    else:
+    elif kind == "encoder":
         limit = ENCODER_THRESHOLDS[precision]
         if figures["cosine_mean"] < limit:
             problems.append(f"mean embedding cosine {figures['cosine_mean']:.4f} is below {limit}")
+    elif kind == "classifier":
+        limit = CLASSIFIER_THRESHOLDS.get(precision)
+        if limit is not None and figures["logits_rel_diff"] > limit:
+            problems.append(f"logits differ by {figures['logits_rel_diff']:.2e} of their scale (limit {limit:.0e})")
     return problems

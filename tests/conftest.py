@@ -46,23 +46,31 @@ def export_or_fail(source: Path, output: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory) -> dict[str, Path]:
-    from export.tiny_models import make_bert, make_decoder, minilm_dir
+    from export.tiny_models import make_bert, make_decoder, make_gpt2, minilm_dir
 
     root = tmp_path_factory.mktemp("sources")
     return {
         "llama": make_decoder(root / "llama", "llama"),
         "qwen2": make_decoder(root / "qwen2", "qwen2", seed=1),
+        "phi3": make_decoder(root / "phi3", "phi3", seed=2),
+        "mistral": make_decoder(root / "mistral", "mistral", seed=3),
+        "gpt2": make_gpt2(root / "gpt2"),
         "bert": make_bert(root / "bert"),
+        "bert-classifier": make_bert(root / "bert-classifier", task="text-classification"),
+        "bert-tagger": make_bert(root / "bert-tagger", task="token-classification"),
         "minilm": minilm_dir(),
     }
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory, sources) -> Path:
-    """A served models folder: tiny llama and qwen2 (fp32), real MiniLM (int8)."""
+    """A served models folder: tiny llama and qwen2 (builder, fp32), gpt2 (optimum, fp32),
+    a text classifier, and the real MiniLM (int8)."""
     root = tmp_path_factory.mktemp("models")
     export_or_fail(sources["llama"], root / "llama")
     export_or_fail(sources["qwen2"], root / "qwen2")
+    export_or_fail(sources["gpt2"], root / "gpt2")
+    export_or_fail(sources["bert-classifier"], root / "intents")
     export_or_fail(sources["minilm"], root / "minilm", "--precision", "int8")
     return root
 

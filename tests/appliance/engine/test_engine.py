@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from appliance.engine.decoder_runner import DecoderRunner
+from appliance.engine.runners import open_decoder_runner
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.sampling import SamplingParams
@@ -28,11 +28,11 @@ def package_engine(models_dir, name):
     path = models_dir / name
     manifest = open_package(path)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    runner = DecoderRunner(path, manifest, RuntimeOptions(intra_op_threads=1))
+    runner = open_decoder_runner(path, manifest, RuntimeOptions(intra_op_threads=1))
     return GenerationEngine(runner, tokenizer, manifest.eos_token_ids), tokenizer
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
 def test_greedy_equals_pytorch_token_for_token(models_dir, sources, name):
     engine, tokenizer = package_engine(models_dir, name)
     try:

@@ -25,6 +25,12 @@ def test_generate_streams_tokens_in_order_with_usage_last(client, models_dir):
     assert last.time_to_first_token_ns > 0
 
 
+def test_an_optimum_decoder_streams_like_a_builder_one(client):
+    chunks = list(client.generate("gpt2", "Where is my order?", max_tokens=20, ignore_eos=True))
+    assert chunks[-1].completion_tokens == 20 and chunks[-1].finish_reason == "length"
+    assert sum(len(c.token_ids) for c in chunks) == 20
+
+
 def test_greedy_is_deterministic_and_seeded_sampling_repeats(client):
     def tokens(**kw):
         return [t for c in client.generate("llama", "Refund please", max_tokens=16, ignore_eos=True, **kw)
@@ -95,7 +101,8 @@ def test_embed_rejects_an_empty_text_naming_its_index(client):
 
 def test_list_models_reports_each_package(client):
     models = {m.name: m for m in client.list_models()}
-    assert set(models) == {"llama", "qwen2", "minilm"}
+    assert set(models) == {"llama", "qwen2", "gpt2", "intents", "minilm"}
+    assert models["intents"].task == "text-classification" and models["intents"].state == "ready"
     assert models["minilm"].task == "feature-extraction" and models["minilm"].precision == "int8"
     assert models["llama"].state == "ready" and models["llama"].context_length == 256
     assert models["llama"].execution_provider == "CPUExecutionProvider"

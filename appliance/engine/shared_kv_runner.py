@@ -1,4 +1,4 @@
-"""Runs one decoder sequence over ONNX Runtime with a KV cache that is never copied.
+"""Runs one decoder sequence over a builder graph with a KV cache that is never copied.
 
 For builder graphs (GroupQueryAttention) one buffer per layer and K/V of shape
 [1, kv_heads, context_length, head_dim] is bound both as `past_key_values.L.*` input and as
@@ -20,11 +20,11 @@ from appliance.model_package import Manifest
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-class DecoderRunner:
+class SharedKVRunner:
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions):
         layout = manifest.kv_layout
         if layout is None or not layout.shared_buffer:
-            raise PackageError(package_dir.name, "this daemon serves decoders with a shared KV buffer (builder backend) only")
+            raise PackageError(package_dir.name, "SharedKVRunner needs a graph that shares past and present KV buffers")
         self.layout = layout
         self.context_length = manifest.context_length
         self.session = create_session(str(package_dir / manifest.model_file), options)
