@@ -227,3 +227,11 @@ def test_manifest_records_source_and_targets(models_dir, sources):
     manifest = read_manifest(models_dir / "qwen2")
     assert manifest.source.path == str(sources["qwen2"].resolve())
     assert manifest.targets[0].name == "cpu" and manifest.targets[0].onnxruntime_version
+
+
+def test_a_hub_id_offline_is_a_clear_error_without_network(tmp_path):
+    # HF_HUB_OFFLINE=1 (set by run_export) must be honoured: no download, a one-line reason.
+    done = run_export("example-org/never-downloaded-model", "--output", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "neither a local folder nor a model the hub could give" in done.stderr
+    assert list(tmp_path.iterdir()) == []
