@@ -54,6 +54,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _chat(args) -> int:
+    """A terminal conversation: each line you type is a user turn; the reply streams back."""
+    from appliance.client import ApplianceClient
+
+    history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+    with ApplianceClient(args.target) as client:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            if not line.strip():
+                continue
+            history.append(("user", line))
+            reply = []
+            for chunk in client.generate(args.model, messages=history, max_tokens=args.max_tokens,
+                                         temperature=args.temperature, seed=args.seed):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                reply.append(chunk.text)
+            sys.stdout.write("\n")
+            history.append(("assistant", "".join(reply)))
+
+
 def _embed(args) -> int:
     from appliance.client import ApplianceClient
 
@@ -71,6 +96,35 @@ def _models(args) -> int:
         for m in client.list_models():
             line = f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} ctx={m.context_length}"
             print(line + (f"  error: {m.error}" if m.error else ""))
+    return 0
+
+
+def _redact(args) -> int:
+    from appliance.redact import RedactionConfig, Redactor
+
+    redactor = Redactor(RedactionConfig(operator=args.operator))
+    out = sys.stdout.buffer
+    if args.jsonl:
+        for number, line in enumerate(sys.stdin.buffer, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+                if not isinstance(text, str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                print(f'appliance redact: line {number}: expected a JSON object with a string "text"', file=sys.stderr)
+                return 2
+            result = redactor.redact(text)
+            entities = [{"type": e.type, "start": e.start, "end": e.end} for e in result.entities]
+            out.write(json.dumps({"text": result.text, "entities": entities}, ensure_ascii=False).encode() + b"\n")
+        return 0
+    # Plain text streams through in blocks: the output equals redacting all of stdin at once.
+    stream = redactor.stream()
+    for block in iter(lambda: sys.stdin.buffer.read1(1 << 16), b""):
+        out.write(stream.feed(block).encode())
+    out.write(stream.close().encode())
+    out.flush()
     return 0
 
 
@@ -102,12 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("-v", "--verbose", action="store_true", help="print usage and timing to stderr")
     generate.add_argument("prompt")
 
+    chat = client_command("chat", "talk with a model through its chat template", _chat)
+    chat.add_argument("--model", required=True)
+    chat.add_argument("--system", help="system message to start the conversation with")
+    chat.add_argument("--max-tokens", type=int, default=0)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--seed", type=int, default=0)
+
     embed = client_command("embed", "print embeddings as JSON lines", _embed)
     embed.add_argument("--model", required=True)
     embed.add_argument("--raw", action="store_true", help="do not normalise to unit length")
     embed.add_argument("texts", nargs="+")
 
     client_command("models", "list served models", _models)
+
+    redact = sub.add_parser("redact", help="redact PII from stdin to stdout (no daemon needed)")
+    redact.add_argument("--jsonl", action="store_true",
+                        help='read {"text": ...} lines, write {"text", "entities"} lines')
+    redact.add_argument("--operator", choices=("replace", "mask", "pseudonymize"), default="replace",
+                        help="what an entity becomes: [TYPE], a mask, or a numbered placeholder")
+    redact.set_defaults(func=_redact)
     return parser
 
 

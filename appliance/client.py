@@ -16,6 +16,7 @@ FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CANCELLED: "cancelled",
+    pb.FINISH_REASON_DEADLINE: "deadline",
 }
 
 
@@ -28,6 +29,8 @@ class GenerateChunk:
     completion_tokens: int = 0
     time_to_first_token_ns: int = 0
     decode_ns: int = 0
+    # Per token: (logprob, ((token_id, logprob), ...)) when logprobs were asked for.
+    logprobs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,32 @@ class ApplianceClient:
     def generate(
         self,
         model: str,
-        prompt: str,
+        prompt: str = "",
         max_tokens: int = 0,
         temperature: float = 0.0,
         seed: int = 0,
         top_k: int = 0,
         top_p: float = 0.0,
         ignore_eos: bool = False,
+        messages: Optional[list[tuple[str, str]]] = None,
+        stop: tuple[str, ...] = (),
+        logprobs: Optional[int] = None,
+        **sampling,
     ) -> Iterator[GenerateChunk]:
-        """Streams chunks as the server sends them; breaking out of the loop cancels the call."""
+        """Streams chunks as the server sends them; breaking out of the loop cancels the call.
+
+        `messages` is a conversation of (role, content) pairs, used instead of `prompt`; `sampling`
+        takes the other GenerateRequest fields (min_p, repetition_penalty, presence_penalty,
+        frequency_penalty, stop_token_ids, min_tokens).
+        """
         request = pb.GenerateRequest(
             model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-            seed=seed, top_k=top_k, top_p=top_p, ignore_eos=ignore_eos,
+            seed=seed, top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, stop=list(stop),
+            messages=[pb.ChatMessage(role=role, content=content) for role, content in messages or ()],
+            **sampling,
         )
+        if logprobs is not None:
+            request.logprobs = logprobs
         call = self.stub.Generate(request, timeout=self.timeout_s)
         try:
             for message in call:
@@ -84,6 +100,8 @@ class ApplianceClient:
                     completion_tokens=message.usage.completion_tokens,
                     time_to_first_token_ns=message.timings.time_to_first_token_ns,
                     decode_ns=message.timings.decode_ns,
+                    logprobs=tuple((lp.logprob, tuple((t.token_id, t.logprob) for t in lp.top))
+                                   for lp in message.logprobs),
                 )
         finally:
             call.cancel()

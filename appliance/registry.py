@@ -16,9 +16,11 @@ from typing import Optional
 
 from tokenizers import Tokenizer
 
+from appliance.engine.chat import ChatTemplate
 from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
 from appliance.engine.engine import GenerationEngine
+from appliance.engine.scheduler import SchedulerConfig
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
@@ -44,6 +46,7 @@ class ServedModel:
     engine: Optional[GenerationEngine] = None
     embedder: Optional[Embedder] = None
     classifier: Optional[Classifier] = None
+    chat: Optional[ChatTemplate] = None
     provider: str = ""
     ready_event: threading.Event = field(default_factory=threading.Event)
 
@@ -55,13 +58,19 @@ def load_tokenizer(package_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def _token_text(tokenizer: Tokenizer, token_id: Optional[int]) -> str:
+    return (tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
+
+
 class ModelRegistry:
-    def __init__(self, models_dir: Path, runtime: RuntimeOptions, max_queue: int = 64):
+    def __init__(self, models_dir: Path, runtime: RuntimeOptions, scheduling: SchedulerConfig = SchedulerConfig(),
+                 max_context: int = 0):
         if not models_dir.is_dir():
             raise ApplianceError(f"models folder {models_dir} does not exist")
         self.models_dir = models_dir
         self.runtime = runtime
-        self.max_queue = max_queue
+        self.scheduling = scheduling
+        self.max_context = max_context
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}
 
     @property
@@ -105,10 +114,14 @@ class ModelRegistry:
         model.manifest = manifest
         tokenizer = load_tokenizer(model.path)
         if manifest.task == "text-generation":
-            runner = open_decoder_runner(model.path, manifest, self.runtime)
+            runner = open_decoder_runner(model.path, manifest, self.runtime, self.scheduling.max_batch, self.max_context)
             model.provider = runner.provider
-            engine = GenerationEngine(runner, tokenizer, manifest.eos_token_ids, self.max_queue, name=f"engine-{model.name}")
+            engine = GenerationEngine(runner, tokenizer, manifest.eos_token_ids, self.scheduling,
+                                      name=f"engine-{model.name}")
             model.engine = engine
+            if manifest.chat_template:
+                model.chat = ChatTemplate(manifest.chat_template, _token_text(tokenizer, manifest.bos_token_id),
+                                          _token_text(tokenizer, (manifest.eos_token_ids or [None])[0]))
             self._warm_decoder(engine)
         elif manifest.task == "feature-extraction":
             embedder = Embedder(model.path, manifest, tokenizer, self.runtime)

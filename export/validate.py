@@ -64,9 +64,13 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
         ref_logits = reference(torch.tensor([generated])).logits[0].float().numpy()  # [T, vocab]
     path = generated[len(prompt):]
     runner = open_decoder_runner(package_dir, manifest, CPU)
-    ort_logits = [runner.prefill(prompt).copy()]
-    for token in path[:-1]:
-        ort_logits.append(runner.decode(token).copy())  # decode() may return a reused buffer
+
+    def step(token: int, cached: int) -> np.ndarray:
+        return runner.decode(np.asarray([token]), np.asarray([cached]))[0]
+
+    ort_logits = [runner.prefill(0, prompt, 0).copy()]
+    for offset, token in enumerate(path[:-1]):
+        ort_logits.append(step(token, len(prompt) + offset).copy())  # decode() returns a reused buffer
         phases.advance()
     ort_logits = np.stack(ort_logits)  # [steps, vocab]
     # Vocabulary rows past the tokenizer's may be padding in the graph; compare the model's own.
@@ -75,9 +79,9 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
     scale = float(np.abs(ref_path_logits).max()) or 1.0
     agreement = float(np.mean(ort_logits.argmax(-1) == np.asarray(path)))
     # Free-running greedy on the package alone.
-    free = [int(np.argmax(runner.prefill(prompt)))]
+    free = [int(np.argmax(runner.prefill(0, prompt, 0)))]
     while len(free) < len(path):
-        free.append(int(np.argmax(runner.decode(free[-1]))))
+        free.append(int(np.argmax(step(free[-1], len(prompt) + len(free) - 1))))
         phases.advance()
     prefix = next((i for i, (a, b) in enumerate(zip(free, path)) if a != b), len(path))
     return {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),

@@ -1,8 +1,9 @@
-"""Runs one decoder sequence over a graph whose KV cache grows by concatenation (Optimum exports).
+"""Runs decoder sequences over a graph whose KV cache grows by concatenation (Optimum exports).
 
 Such graphs take `past_key_values.L.*` of length P and return `present.L.*` of length P + S, so
-the cache cannot be preallocated and shared. The presents stay OrtValues and are bound as the
-next step's pasts, so nothing is copied through numpy between steps.
+the cache cannot be preallocated and shared, and rows of different lengths cannot share a call
+without padding the graph does not expect. Each slot keeps its own presents as OrtValues (bound
+as the next step's pasts, never copied through numpy) and decodes in its own call.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 class ConcatKVRunner:
-    def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions):
+    def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
+                 context_length: int | None = None):
         self.layout = manifest.kv_layout
-        self.context_length = manifest.context_length
+        self.max_batch = max_batch
+        self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         self.session = create_session(str(package_dir / manifest.model_file), options)
         self.provider = self.session.get_providers()[0]
-        inputs = {i.name for i in self.session.get_inputs()}
-        self._takes_positions = "position_ids" in inputs
+        self._takes_positions = "position_ids" in {i.name for i in self.session.get_inputs()}
         self._kv_dtype = _NUMPY_DTYPES[self.layout.dtype]
-        self._past: list[ort.OrtValue] = []
-        self._length = 0
+        self._past: dict[int, list[ort.OrtValue]] = {}
+        self._logits = np.zeros((max_batch, manifest.vocab_size), np.float32)
 
     @property
-    def length(self) -> int:
-        return self._length
+    def kv_bytes(self) -> int:
+        return 0  # grows with the sequences; nothing is reserved up front
 
     def _kv_names(self):
         layout = self.layout
@@ -40,35 +42,39 @@ class ConcatKVRunner:
             yield layout.past_key % layer, layout.present_key % layer
             yield layout.past_value % layer, layout.present_value % layer
 
-    def _run(self, ids: list[int]) -> np.ndarray:
-        total = self._length + len(ids)
-        feeds = {
-            "input_ids": np.asarray([ids], np.int64),  # [1, S]
-            "attention_mask": np.ones((1, total), np.int64),  # [1, P + S]
-        }
+    def _run(self, slot: int, ids: list[int], start: int) -> np.ndarray:
+        total = start + len(ids)
+        feeds = {"input_ids": np.asarray([ids], np.int64),  # [1, S]
+                 "attention_mask": np.ones((1, total), np.int64)}  # [1, P + S]
         if self._takes_positions:
-            feeds["position_ids"] = np.arange(self._length, total, dtype=np.int64)[None, :]  # [1, S]
+            feeds["position_ids"] = np.arange(start, total, dtype=np.int64)[None, :]  # [1, S]
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output("logits", "cpu")
         for index, (past_name, present_name) in enumerate(self._kv_names()):
-            binding.bind_ortvalue_input(past_name, self._past[index])
+            binding.bind_ortvalue_input(past_name, self._past[slot][index])
             binding.bind_output(present_name, "cpu")
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        self._past = list(outputs[1:])  # presents, in bind order, become the next pasts
-        self._length = total
+        self._past[slot] = list(outputs[1:])  # presents, in bind order, become the next pasts
         return outputs[0].numpy()[0, -1]  # [vocab]
 
-    def prefill(self, prompt_ids: list[int]) -> np.ndarray:
-        """Starts a new sequence; returns the last position's logits [vocab]."""
-        layout = self.layout
-        empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), self._kv_dtype)  # [1, H, 0, D]
-        self._past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * layout.num_layers)]
-        self._length = 0
-        return self._run(list(prompt_ids))
+    def prefill(self, slot: int, token_ids: list[int], start: int) -> np.ndarray:
+        if start == 0:
+            layout = self.layout
+            empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), self._kv_dtype)  # [1, H, 0, D]
+            self._past[slot] = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * layout.num_layers)]
+        return self._run(slot, list(token_ids), start)
 
-    def decode(self, token_id: int) -> np.ndarray:
-        """Appends one token; returns its logits [vocab]."""
-        return self._run([token_id])
+    def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        n = len(token_ids)
+        for row in range(n):
+            self._logits[row] = self._run(row, [int(token_ids[row])], int(lengths[row]))
+        return self._logits[:n]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self._past[dst] = self._past.pop(src)
+
+    def release(self, slot: int) -> None:
+        self._past.pop(slot, None)

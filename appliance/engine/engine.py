@@ -1,9 +1,11 @@
-"""The generation engine: where a request is scheduled, stepped and streamed back.
+"""The generation engine: one thread steps every admitted request together.
 
-One engine thread owns the runner (ORT releases the GIL while it computes). Requests wait in a
-bounded queue; the thread prefills one, decodes it token by token, and hands each TokenEvent to
-the request's asyncio queue with `loop.call_soon_threadsafe`. This is the batch-1 engine of the
-foundation; continuous batching replaces the inside of `_serve_one`, not this interface.
+Each step has three phases with dataclass seams: `scheduler.schedule() -> Batch`, the runner
+computes logits for the batch's prompt chunks and decode rows, and `_update` samples, detokenizes,
+applies stop rules and hands each request its TokenEvent (through `loop.call_soon_threadsafe`
+for asyncio callers). Requests join at any step and leave at any step; a cancelled request's row
+is freed before the next step. ORT releases the GIL while it computes, so the asyncio server
+stays responsive.
 """
 
 from __future__ import annotations
@@ -14,45 +16,68 @@ import queue
 import threading
 import time
 import uuid
-from typing import AsyncIterator, Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from appliance.engine.detokenizer import IncrementalDetokenizer
-from appliance.engine.request import FINISH_REASONS, GenerationRequest, RequestStatus, TokenEvent
-from appliance.engine.sampling import SamplingParams, TokenChooser
+from appliance.engine.request import FINISH_REASONS, Emit, GenerationRequest, RequestStatus, TokenEvent
+from appliance.engine.sampling import Choice, SamplingParams, TokenChooser
+from appliance.engine.scheduler import Batch, Scheduler, SchedulerConfig
+from appliance.engine.stop import StopStrings
 from appliance.errors import Draining, InvalidRequest, QueueFull
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[TokenEvent], None]
-
 
 class Runner(Protocol):
     context_length: int
+    max_batch: int
 
-    def prefill(self, prompt_ids: list[int]) -> np.ndarray: ...
+    def prefill(self, slot: int, token_ids: list[int], start: int) -> np.ndarray: ...
 
-    def decode(self, token_id: int) -> np.ndarray: ...
+    def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+
+    def move(self, src: int, dst: int, length: int) -> None: ...
+
+    def release(self, slot: int) -> None: ...
+
+
+@dataclass
+class _Stream:
+    """Per-request output state: sampling, detokenizing, stop strings."""
+
+    chooser: TokenChooser
+    detok: IncrementalDetokenizer
+    stops: StopStrings
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int
+    running: int
+    prefilling: int
+    max_batch: int
 
 
 class GenerationEngine:
-    def __init__(
-        self,
-        runner: Runner,
-        tokenizer: Tokenizer,
-        eos_token_ids: list[int],
-        max_queue: int = 64,
-        name: str = "engine",
-    ):
+    def __init__(self, runner: Runner, tokenizer: Tokenizer, eos_token_ids: list[int],
+                 config: Optional[SchedulerConfig] = None, name: str = "engine"):
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
         self.context_length = runner.context_length
-        self._queue: queue.Queue[tuple[GenerationRequest, Emit] | None] = queue.Queue(maxsize=max_queue)
+        self.config = config or SchedulerConfig(max_batch=runner.max_batch)
+        if self.config.max_batch > runner.max_batch:
+            raise ValueError("scheduler max_batch exceeds the runner's KV rows")
+        self.scheduler = Scheduler(self.config, runner.move)
+        self._inbox: queue.SimpleQueue[Optional[GenerationRequest]] = queue.SimpleQueue()
+        self._admitted = 0  # submitted and not yet finished; guarded by _lock
+        self._lock = threading.Lock()
         self._admitting = True
-        self._running: Optional[GenerationRequest] = None
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -61,27 +86,31 @@ class GenerationEngine:
     def tokenize(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt).ids
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Emit) -> GenerationRequest:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Emit,
+               deadline_ns: int = 0) -> GenerationRequest:
         if not self._admitting:
             raise Draining("the server is shutting down")
         if not prompt_ids:
             raise InvalidRequest("prompt", "tokenizes to no tokens")
         if len(prompt_ids) >= self.context_length:
-            raise InvalidRequest(
-                "prompt", f"has {len(prompt_ids)} tokens; the model's context holds {self.context_length}"
-            )
-        request = GenerationRequest(uuid.uuid4().hex, list(prompt_ids), params)
-        try:
-            self._queue.put_nowait((request, emit))
-        except queue.Full:
-            raise QueueFull(f"the queue holds {self._queue.maxsize} requests already") from None
+            raise InvalidRequest("prompt", f"has {len(prompt_ids)} tokens; the model's context holds "
+                                           f"{self.context_length}")
+        with self._lock:
+            waiting = self._admitted - self.config.max_batch
+            if waiting >= self.config.max_queue:
+                raise QueueFull(f"{self.config.max_batch} requests run and {self.config.max_queue} wait already")
+            self._admitted += 1
+        request = GenerationRequest(uuid.uuid4().hex, list(prompt_ids), params, emit, deadline_ns)
+        self._inbox.put(request)
         return request
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       deadline_ns: int = 0) -> AsyncIterator[TokenEvent]:
         """Streams a request's events; closing the iterator early cancels the request."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        request = self.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        request = self.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+                              deadline_ns)
         try:
             while True:
                 event = await events.get()
@@ -92,71 +121,157 @@ class GenerationEngine:
                     return
         finally:
             request.cancel()
+            self._inbox.put(None)  # wake the engine so the row is freed now
 
     def stop_admitting(self) -> None:
         self._admitting = False
 
     @property
     def busy(self) -> bool:
-        return self._running is not None or not self._queue.empty()
+        with self._lock:
+            return self._admitted > 0
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(len(s.waiting), len(s.running), int(s.prefilling is not None), self.config.max_batch)
 
     def close(self, timeout: float = 5.0) -> None:
         self._admitting = False
-        self._queue.put(None)
+        self._closed = True
+        self._inbox.put(None)
         self._thread.join(timeout)
 
     # ---- engine thread ------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            request, emit = item
-            if request.cancel_event.is_set():
+        while not self._closed:
+            self._drain_inbox(block=not self.scheduler.has_work)
+            self._reap()
+            if not self.scheduler.has_work:
                 continue
-            self._running = request
             try:
-                self._serve_one(request, emit)
-            except Exception as exc:  # the daemon outlives a failing request
-                log.exception("request %s failed in the engine", request.request_id)
-                request.status = RequestStatus.FINISHED_ERROR
-                emit(TokenEvent((), "", finish_reason="error", error=exc))
-            finally:
-                self._running = None
+                self._step()
+            except Exception as exc:  # the daemon outlives a failing step
+                log.exception("engine step failed; failing the requests in it")
+                self._fail_all(exc)
 
-    def _serve_one(self, request: GenerationRequest, emit: Emit) -> None:
-        params = request.params
-        chooser = TokenChooser(params)
-        detok = IncrementalDetokenizer(self.tokenizer, request.prompt_ids)
-        budget = min(params.max_tokens, self.context_length - len(request.prompt_ids))
-        request.status = RequestStatus.RUNNING
-        request.timings.start_ns = time.monotonic_ns()
-        logits = self.runner.prefill(request.prompt_ids)
-        while True:
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:
+                    self._start(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _start(self, request: GenerationRequest) -> None:
+        request.state = _Stream(TokenChooser(request.params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                                StopStrings(request.params.stop))
+        self.scheduler.add(request)
+
+    def _reap(self) -> None:
+        """Frees cancelled and expired requests before the step is scheduled."""
+        now = time.monotonic_ns()
+        for request in [*self.scheduler.running, self.scheduler.prefilling, *self.scheduler.waiting]:
+            if request is None:
+                continue
             if request.cancel_event.is_set():
-                request.status = RequestStatus.FINISHED_CANCELLED
-                break
-            token = chooser.choose(logits)
-            request.output_ids.append(token)
-            now = time.monotonic_ns()
-            request.timings.first_token_ns = request.timings.first_token_ns or now
-            request.timings.last_token_ns = now
-            if token in self.eos_token_ids and not params.ignore_eos:
-                request.status = RequestStatus.FINISHED_STOPPED
-                break
-            text = detok.push(token)
-            if len(request.output_ids) >= budget:
-                request.status = RequestStatus.FINISHED_LENGTH
-                emit(TokenEvent((token,), text))
-                break
-            emit(TokenEvent((token,), text))
-            logits = self.runner.decode(token)
-        last_ids = (request.output_ids[-1],) if request.status == RequestStatus.FINISHED_STOPPED else ()
-        emit(
-            TokenEvent(
-                last_ids,
-                detok.flush(),
-                finish_reason=FINISH_REASONS[request.status],
-                prompt_tokens=len(request.prompt_ids),
-                completion_tokens=len(request.output_ids),
-                timings=request.timings,
-            )
-        )
+                self._finish(request, RequestStatus.FINISHED_CANCELLED)
+            elif request.expired(now):
+                self._finish(request, RequestStatus.FINISHED_DEADLINE)
+
+    def _step(self) -> None:
+        batch = self.scheduler.schedule()
+        if batch.empty:
+            return
+        prompt_logits = []
+        for chunk in batch.prefills:
+            if chunk.start == 0:
+                chunk.request.timings.start_ns = time.monotonic_ns()
+            logits = self.runner.prefill(chunk.request.row, chunk.tokens, chunk.start)
+            if chunk.completes_prompt:
+                prompt_logits.append((chunk.request, logits))
+        decode_logits = None
+        if batch.decode:
+            tokens = np.fromiter((r.output_ids[-1] for r in batch.decode), np.int64, len(batch.decode))
+            lengths = np.fromiter((r.cached_tokens for r in batch.decode), np.int64, len(batch.decode))
+            decode_logits = self.runner.decode(tokens, lengths)  # [n, vocab]
+        self.scheduler.commit(batch)
+        self._update(batch, prompt_logits, decode_logits)
+
+    def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
+        rows = [(r, decode_logits[i]) for i, r in enumerate(batch.decode)] if decode_logits is not None else []
+        rows += prompt_logits
+        greedy = [i for i, (r, _) in enumerate(rows) if r.state.chooser.plain_greedy and not self._blocked(r)]
+        choices: dict[int, Choice] = {}
+        if greedy and decode_logits is not None and len(greedy) == len(rows) and not prompt_logits:
+            for i, token in enumerate(np.argmax(decode_logits, axis=-1)):  # [n]: one pass for the batch
+                choices[i] = Choice(int(token))
+        picked = []
+        for i, (request, logits) in enumerate(rows):
+            choice = choices.get(i) or request.state.chooser.choose(logits, self._blocked(request))
+            request.output_ids.append(choice.token_id)
+            picked.append((request, choice))
+        # Only now, with every row's token recorded, may rows finish: compaction moves a row's
+        # cached positions, which count the token this step just wrote for it.
+        for request, choice in picked:
+            self._accept(request, choice)
+
+    def _blocked(self, request: GenerationRequest) -> tuple[int, ...]:
+        """Tokens that would end the request before it has min_tokens."""
+        params = request.params
+        if len(request.output_ids) >= params.min_tokens:
+            return ()
+        ends = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        return tuple(sorted(ends))
+
+    def _accept(self, request: GenerationRequest, choice: Choice) -> None:
+        params, stream, token = request.params, request.state, choice.token_id
+        now = time.monotonic_ns()
+        request.timings.first_token_ns = request.timings.first_token_ns or now
+        request.timings.last_token_ns = now
+        logprobs = ((choice.logprob, choice.top_logprobs),) if choice.logprob is not None else ()
+        if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            # The end token itself is not text; what was held back (a partial character or a
+            # prefix of a stop string that never completed) is.
+            return self._finish(request, RequestStatus.FINISHED_STOPPED, (token,), logprobs, flush=True)
+        text, stop_hit = stream.stops.push(stream.detok.push(token))
+        if stop_hit is not None:
+            return self._finish(request, RequestStatus.FINISHED_STOPPED, (token,), logprobs, text)
+        if len(request.output_ids) >= params.max_tokens or request.cached_tokens + 1 >= self.context_length:
+            return self._finish(request, RequestStatus.FINISHED_LENGTH, (token,), logprobs, text, flush=True)
+        self._emit(request, TokenEvent((token,), text, logprobs=logprobs))
+
+    def _finish(self, request: GenerationRequest, status: RequestStatus, last_ids: tuple[int, ...] = (),
+                logprobs=(), text: str = "", flush: bool = False) -> None:
+        had_row = request.row >= 0
+        self.scheduler.finish(request, status)
+        if had_row:
+            # The row vacated by compaction is the one just past the remaining rows.
+            self.runner.release(len(self.scheduler.running) + (self.scheduler.prefilling is not None))
+        stream: Optional[_Stream] = request.state
+        if stream is not None and (flush or status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_DEADLINE)):
+            text += stream.stops.push(stream.detok.flush())[0] + stream.stops.flush()
+        self._emit(request, TokenEvent(last_ids, text, finish_reason=FINISH_REASONS[status],
+                                prompt_tokens=len(request.prompt_ids), completion_tokens=len(request.output_ids),
+                                timings=request.timings, logprobs=logprobs))
+        with self._lock:
+            self._admitted -= 1
+
+    @staticmethod
+    def _emit(request: GenerationRequest, event: TokenEvent) -> None:
+        """Hands an event to the caller; a caller that is gone (closed loop) cancels its request."""
+        try:
+            request.emit(event)
+        except Exception:
+            request.cancel()
+
+    def _fail_all(self, exc: Exception) -> None:
+        s = self.scheduler
+        for request in [*s.running, s.prefilling, *s.waiting]:
+            if request is not None:
+                s.finish(request, RequestStatus.FINISHED_ERROR)
+                self._emit(request, TokenEvent((), "", finish_reason="error", error=exc))
+                with self._lock:
+                    self._admitted -= 1

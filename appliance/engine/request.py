@@ -6,19 +6,21 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from appliance.engine.sampling import SamplingParams
 
 
 class RequestStatus(enum.IntEnum):
     WAITING = 0
-    RUNNING = 1
+    PREFILLING = 1
+    RUNNING = 2
     # Finished states last: `status >= FINISHED_STOPPED` means done.
-    FINISHED_STOPPED = 2
-    FINISHED_LENGTH = 3
-    FINISHED_CANCELLED = 4
-    FINISHED_ERROR = 5
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_CANCELLED = 5
+    FINISHED_DEADLINE = 6
+    FINISHED_ERROR = 7
 
     @property
     def finished(self) -> bool:
@@ -30,6 +32,7 @@ FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_CANCELLED: "cancelled",
+    RequestStatus.FINISHED_DEADLINE: "deadline",
     RequestStatus.FINISHED_ERROR: "error",
 }
 
@@ -43,7 +46,7 @@ class Timings:
 
     @property
     def queue_ns(self) -> int:
-        return max(self.start_ns - self.arrival_ns, 0)
+        return max(self.start_ns - self.arrival_ns, 0) if self.start_ns else 0
 
     @property
     def time_to_first_token_ns(self) -> int:
@@ -52,21 +55,6 @@ class Timings:
     @property
     def decode_ns(self) -> int:
         return max(self.last_token_ns - self.first_token_ns, 0) if self.first_token_ns else 0
-
-
-@dataclass
-class GenerationRequest:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    status: RequestStatus = RequestStatus.WAITING
-    output_ids: list[int] = field(default_factory=list)
-    timings: Timings = field(default_factory=Timings)
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        """Thread-safe; the engine frees the request before its next step."""
-        self.cancel_event.set()
 
 
 @dataclass(frozen=True)
@@ -80,3 +68,38 @@ class TokenEvent:
     completion_tokens: int = 0
     timings: Optional[Timings] = None
     error: Optional[BaseException] = None
+    # Per token in token_ids, when the request asked for logprobs: (logprob, ((id, logprob), ...)).
+    logprobs: tuple[tuple[float, tuple[tuple[int, float], ...]], ...] = ()
+
+
+Emit = Callable[[TokenEvent], None]
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Emit = lambda event: None
+    # Monotonic deadline in ns; 0 means none.
+    deadline_ns: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    # Engine-side state (row in the KV buffer, prompt tokens prefilled, chooser, text stream).
+    row: int = -1
+    prefilled: int = 0
+    state: Any = None
+
+    def cancel(self) -> None:
+        """Thread-safe; the engine frees the request's slot before its next step."""
+        self.cancel_event.set()
+
+    @property
+    def cached_tokens(self) -> int:
+        """Positions written in this request's KV row."""
+        return self.prefilled + max(len(self.output_ids) - 1, 0)
+
+    def expired(self, now_ns: int) -> bool:
+        return bool(self.deadline_ns) and now_ns >= self.deadline_ns

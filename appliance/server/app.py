@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from appliance.engine.providers import RuntimeOptions
+from appliance.engine.scheduler import SchedulerConfig
 from appliance.registry import ModelRegistry
 from appliance.server.config import Config
 from appliance.server.sd_notify import Notifier
@@ -33,7 +34,10 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier(None)
         runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads)
-        self.registry = ModelRegistry(config.server.models, runtime, config.server.max_queue)
+        engine = config.engine
+        scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
+                                     prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
+        self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context)
         self.service = InferenceService(self.registry, config.server.default_max_tokens)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()

@@ -41,9 +41,22 @@ class RuntimeConfig(_Section):
     intra_op_threads: int = Field(0, ge=0)
 
 
+class EngineConfig(_Section):
+    # Sequences decoded together per model (rows of the shared KV buffer).
+    max_batch: int = Field(8, ge=1, le=256)
+    # Tokens one engine step may compute; bounds the pause a long prompt causes to running streams.
+    max_step_tokens: int = Field(256, ge=16)
+    # Longest prompt piece prefilled in one step.
+    prefill_chunk: int = Field(128, ge=1)
+    # Cap on each sequence's context (prompt + generated), 0 for the model's own; the KV buffer
+    # holds max_batch x max_context positions per layer, so this bounds memory.
+    max_context: int = Field(0, ge=0)
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from appliance.engine.chat import ChatMessage
 from appliance.engine.request import TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import InvalidRequest
@@ -16,6 +17,7 @@ _FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "cancelled": pb.FINISH_REASON_CANCELLED,
+    "deadline": pb.FINISH_REASON_DEADLINE,
 }
 _MODEL_STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
@@ -30,24 +32,46 @@ def require_model(name: str) -> str:
     return name
 
 
+def chat_messages(request: pb.GenerateRequest) -> list[ChatMessage] | None:
+    """The request's conversation, or None for a raw prompt; exactly one must be given."""
+    if request.messages and request.prompt:
+        raise InvalidRequest("prompt", "give either prompt or messages, not both")
+    if not request.messages:
+        if not request.prompt:
+            raise InvalidRequest("prompt", "must not be empty")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequest("prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
+        return None
+    if sum(len(m.content) for m in request.messages) > MAX_PROMPT_CHARS:
+        raise InvalidRequest("messages", f"hold more than {MAX_PROMPT_CHARS} characters")
+    return [ChatMessage(m.role, m.content) for m in request.messages]
+
+
 def generate_params(request: pb.GenerateRequest, default_max_tokens: int) -> SamplingParams:
-    """Validates a GenerateRequest's prompt and sampling fields; errors name the field."""
-    if not request.prompt:
-        raise InvalidRequest("prompt", "must not be empty")
-    if len(request.prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest("prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
+    """Validates a GenerateRequest's sampling fields; errors name the field."""
     return SamplingParams(
         max_tokens=request.max_tokens or default_max_tokens,
         temperature=request.temperature,
         top_k=request.top_k,
         top_p=request.top_p if request.top_p > 0 else 1.0,
+        min_p=request.min_p,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
         seed=request.seed,
+        stop=tuple(request.stop),
+        stop_token_ids=tuple(request.stop_token_ids),
+        min_tokens=request.min_tokens,
         ignore_eos=request.ignore_eos,
+        logprobs=request.logprobs if request.HasField("logprobs") else None,
     )
 
 
 def generate_response(event: TokenEvent) -> pb.GenerateResponse:
     response = pb.GenerateResponse(text=event.text, token_ids=list(event.token_ids))
+    for logprob, top in event.logprobs:
+        response.logprobs.append(pb.GeneratedTokenLogprobs(
+            logprob=logprob, top=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in top]))
     if event.finish_reason is not None:
         response.finish_reason = _FINISH_REASONS[event.finish_reason]
         response.usage.prompt_tokens = event.prompt_tokens

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
-from appliance.errors import Draining, WrongTask
+from appliance.errors import Draining, InvalidRequest, WrongTask
 from appliance.registry import ModelRegistry
 from appliance.server import convert
 from appliance.server.errors import stream_errors, unary_errors
 from appliance.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
+    """The call's deadline on the monotonic clock, so the engine frees the row when it passes."""
+    remaining = context.time_remaining()
+    return time.monotonic_ns() + int(remaining * 1e9) if remaining is not None else 0
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
@@ -33,12 +40,16 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         model = self.registry.get(convert.require_model(request.model))
         if model.engine is None:
             raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Generate needs text-generation")
+        messages = convert.chat_messages(request)
         params = convert.generate_params(request, self.default_max_tokens)
+        if messages is not None and model.chat is None:
+            raise InvalidRequest("messages", f"model {model.name!r} has no chat template; send a prompt")
+        prompt = model.chat.render(messages) if messages is not None else request.prompt
         engine = model.engine
-        prompt_ids = await asyncio.to_thread(engine.tokenize, request.prompt)
+        prompt_ids = await asyncio.to_thread(engine.tokenize, prompt)
         self.active_streams += 1
         try:
-            async for event in engine.generate(prompt_ids, params):
+            async for event in engine.generate(prompt_ids, params, _deadline_ns(context)):
                 yield convert.generate_response(event)
         finally:
             self.active_streams -= 1

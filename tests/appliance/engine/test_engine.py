@@ -1,5 +1,7 @@
+"""The engine on real packages (tokens equal to PyTorch, alone and batched) and on fakes."""
+
 import asyncio
-import threading
+import time
 
 import numpy as np
 import pytest
@@ -7,29 +9,42 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from appliance.engine.runners import open_decoder_runner
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
+from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import SchedulerConfig
 from appliance.errors import InvalidRequest, QueueFull
 from appliance.model_package import open_package
+from tests.appliance.engine.fakes import FakeRunner, FakeTokenizer, expected_tokens
+from tests.conftest import wait_for
 
 PROMPT = "Where is my order? 我的订单"
+PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
+           "A", "Can I change the delivery address after checkout?", "你好", "Password reset", "Invoice with VAT"]
 
 
-def collect(engine, prompt_ids, params):
-    async def run():
-        return [event async for event in engine.generate(prompt_ids, params)]
+def collect_many(engine, jobs):
+    """Runs (prompt_ids, params) jobs concurrently; returns each job's events."""
+    async def run_all():
+        async def one(ids, params):
+            return [e async for e in engine.generate(ids, params)]
+        return await asyncio.gather(*(one(ids, params) for ids, params in jobs))
 
-    return asyncio.run(run())
+    return asyncio.run(run_all())
 
 
-def package_engine(models_dir, name):
+def tokens_of(events):
+    return [t for e in events for t in e.token_ids]
+
+
+def package_engine(models_dir, name, max_batch=8, **config):
     path = models_dir / name
     manifest = open_package(path)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    runner = open_decoder_runner(path, manifest, RuntimeOptions(intra_op_threads=1))
-    return GenerationEngine(runner, tokenizer, manifest.eos_token_ids), tokenizer
+    runner = open_decoder_runner(path, manifest, RuntimeOptions(intra_op_threads=1), max_batch=max_batch)
+    scheduling = SchedulerConfig(max_batch=max_batch, **config)
+    return GenerationEngine(runner, tokenizer, manifest.eos_token_ids, scheduling), tokenizer
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
@@ -37,33 +52,46 @@ def test_greedy_equals_pytorch_token_for_token(models_dir, sources, name):
     engine, tokenizer = package_engine(models_dir, name)
     try:
         prompt_ids = tokenizer.encode(PROMPT).ids
-        events = collect(engine, prompt_ids, SamplingParams(max_tokens=40, ignore_eos=True))
+        (events,) = collect_many(engine, [(prompt_ids, SamplingParams(max_tokens=40, ignore_eos=True))])
     finally:
         engine.close()
-    ours = [t for e in events for t in e.token_ids]
     reference = AutoModelForCausalLM.from_pretrained(sources[name]).eval()
     with torch.no_grad():
         expected = reference.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                                       max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
-    assert ours == expected[0, len(prompt_ids):].tolist()
+    assert tokens_of(events) == expected[0, len(prompt_ids):].tolist()
     assert events[-1].finish_reason == "length"
     assert events[-1].completion_tokens == 40 and events[-1].prompt_tokens == len(prompt_ids)
-    assert "".join(e.text for e in events) == tokenizer.decode(ours)
+    assert "".join(e.text for e in events) == tokenizer.decode(tokens_of(events))
 
 
-def test_seeded_sampling_repeats_and_seeds_differ(models_dir):
-    engine, tokenizer = package_engine(models_dir, "llama")
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_request_gives_the_same_tokens_alone_and_batched_with_seven_others(models_dir, name, temperature):
+    engine, tokenizer = package_engine(models_dir, name)
     try:
-        ids = tokenizer.encode(PROMPT).ids
-
-        def tokens(seed):
-            events = collect(engine, ids, SamplingParams(max_tokens=24, temperature=1.0, seed=seed, ignore_eos=True))
-            return [t for e in events for t in e.token_ids]
-
-        assert tokens(11) == tokens(11)
-        assert tokens(11) != tokens(12)
+        jobs = [(tokenizer.encode(p).ids, SamplingParams(max_tokens=24 + 3 * i, temperature=temperature, seed=100 + i,
+                                                         ignore_eos=True)) for i, p in enumerate(PROMPTS)]
+        alone = [tokens_of(collect_many(engine, [job])[0]) for job in jobs]
+        together = [tokens_of(events) for events in collect_many(engine, jobs)]
     finally:
         engine.close()
+    assert together == alone
+    assert len({tuple(t) for t in alone}) > 1
+
+
+def test_chunked_prefill_gives_the_same_tokens(models_dir):
+    long_prompt = " ".join(PROMPTS * 3)
+    results = []
+    for chunk in (4096, 16):
+        engine, tokenizer = package_engine(models_dir, "llama", prefill_chunk=chunk)
+        try:
+            ids = tokenizer.encode(long_prompt).ids
+            assert len(ids) > 3 * 16
+            results.append(tokens_of(collect_many(engine, [(ids, SamplingParams(max_tokens=16, ignore_eos=True))])[0]))
+        finally:
+            engine.close()
+    assert results[0] == results[1]
 
 
 def test_prompt_longer_than_the_context_is_refused(models_dir):
@@ -78,102 +106,124 @@ def test_prompt_longer_than_the_context_is_refused(models_dir):
 def test_generation_stops_at_the_context_length(models_dir):
     engine, _ = package_engine(models_dir, "llama")
     try:
-        events = collect(engine, [5] * 250, SamplingParams(max_tokens=100, ignore_eos=True))
+        (events,) = collect_many(engine, [([5] * 250, SamplingParams(max_tokens=100, ignore_eos=True))])
     finally:
         engine.close()
     assert events[-1].finish_reason == "length"
     assert events[-1].completion_tokens == 6  # 256 - 250
 
 
-class FakeRunner:
-    """Emits token (step % 7) + 10 forever; can be paused to hold the engine thread."""
-
-    context_length = 1000
-    vocab = 32
-
-    def __init__(self):
-        self.gate = threading.Event()
-        self.gate.set()
-        self.steps = 0
-
-    def _logits(self):
-        self.gate.wait(10)
-        logits = np.zeros(self.vocab, np.float32)
-        logits[(self.steps % 7) + 10] = 1.0
-        self.steps += 1
-        return logits
-
-    def prefill(self, prompt_ids):
-        return self._logits()
-
-    def decode(self, token_id):
-        return self._logits()
+def fake_engine(max_batch=4, max_queue=64, **config):
+    runner = FakeRunner(max_batch=max_batch, context_length=10**9)
+    scheduling = SchedulerConfig(max_batch=max_batch, max_queue=max_queue, **config)
+    return GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[], config=scheduling), runner
 
 
-class FakeTokenizer:
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(ord("a") + (i % 26)) for i in ids)
-
-    def encode(self, text):
-        raise NotImplementedError
-
-
-def test_full_queue_refuses_at_once_and_cancel_frees_the_engine():
-    runner = FakeRunner()
-    engine = GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[], max_queue=2)
+def test_requests_join_and_leave_the_batch_at_every_step():
+    engine, runner = fake_engine(max_batch=4, prefill_chunk=3, max_step_tokens=8)
     try:
-        runner.gate.clear()  # the engine thread blocks inside the first request's prefill
-        events = []
-        first = engine.submit([1], SamplingParams(max_tokens=1000, ignore_eos=True), events.append)
-        assert _wait(lambda: engine._running is first)
-        waiting = [engine.submit([1], SamplingParams(max_tokens=5), lambda e: None) for _ in range(2)]
+        jobs = [([i + 1] * (2 + 3 * i), SamplingParams(max_tokens=5 + 7 * i, ignore_eos=True)) for i in range(10)]
+        results = collect_many(engine, jobs)
+    finally:
+        engine.close()
+    for (prompt, params), events in zip(jobs, results):
+        assert tokens_of(events) == expected_tokens(prompt, params.max_tokens)
+    assert max(runner.decode_sizes) == 4  # rows were shared
+    assert len(set(runner.decode_sizes)) > 2  # and the batch grew and shrank
+
+
+def test_full_queue_refuses_at_once_and_cancel_frees_the_slot():
+    engine, runner = fake_engine(max_batch=2, max_queue=2)
+    try:
+        runner.gate.clear()  # hold the engine thread inside a step
+        events = {i: [] for i in range(4)}
+        requests = [engine.submit([1], SamplingParams(max_tokens=10_000_000, ignore_eos=True), events[i].append)
+                    for i in range(4)]  # 2 run, 2 wait
         with pytest.raises(QueueFull):
             engine.submit([1], SamplingParams(max_tokens=5), lambda e: None)
-        for request in (first, *waiting):
-            request.cancel()
+        requests[0].cancel()
+        requests[3].cancel()
         runner.gate.set()
-        assert _wait(lambda: not engine.busy)
-        assert events[-1].finish_reason == "cancelled"
-        assert events[-1].completion_tokens < 1000
-        # The cancelled waiters never ran: the only steps are the first request's (its last
-        # logits are computed, then the cancel is seen before a token is chosen).
-        assert runner.steps == events[-1].completion_tokens + 1
+        assert wait_for(lambda: engine.stats().running == 2 and engine.stats().waiting == 0)
+        assert events[0][-1].finish_reason == "cancelled" and events[3][-1].finish_reason == "cancelled"
+        assert events[3][-1].completion_tokens == 0
+        for request in requests[1:3]:
+            request.cancel()
+        engine._inbox.put(None)
+        assert wait_for(lambda: not engine.busy)
+        assert engine.stats().running == 0
     finally:
         engine.close()
 
 
 def test_closing_the_stream_early_cancels_the_request():
-    runner = FakeRunner()
-    engine = GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[])
+    engine, runner = fake_engine()
 
     async def take_three():
-        stream = engine.generate([1], SamplingParams(max_tokens=100_000, ignore_eos=True))
+        stream = engine.generate([1], SamplingParams(max_tokens=10_000_000, ignore_eos=True))
         got = [await stream.__anext__() for _ in range(3)]
         await stream.aclose()
         return got
 
     try:
         assert len(asyncio.run(take_three())) == 3
-        assert _wait(lambda: not engine.busy)
-        assert runner.steps < 100_000
+        assert wait_for(lambda: not engine.busy)
+        steps = runner.steps
+        time.sleep(0.2)
+        assert runner.steps == steps and engine.stats().running == 0
     finally:
         engine.close()
 
 
-def test_eos_stops_unless_ignored():
-    runner = FakeRunner()
-    engine = GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[12])
+def test_deadline_finishes_the_request_and_frees_its_row():
+    engine, runner = fake_engine()
     try:
-        stopped = collect(engine, [1], SamplingParams(max_tokens=50))
-        assert stopped[-1].finish_reason == "stop"
-        assert [t for e in stopped for t in e.token_ids] == [10, 11, 12]
-        ignored = collect(engine, [1], SamplingParams(max_tokens=20, ignore_eos=True))
-        assert ignored[-1].finish_reason == "length" and ignored[-1].completion_tokens == 20
+        events = []
+        engine.submit([1], SamplingParams(max_tokens=10_000_000, ignore_eos=True), events.append,
+                      deadline_ns=time.monotonic_ns() + 200_000_000)
+        assert wait_for(lambda: events and events[-1].finish_reason is not None, 10)
+        assert events[-1].finish_reason == "deadline"
+        assert wait_for(lambda: not engine.busy) and engine.stats().running == 0
     finally:
         engine.close()
 
 
-def _wait(predicate, timeout_s=10.0):
-    from tests.conftest import wait_for
+def test_stop_strings_never_leak_a_partial_match():
+    engine, _ = fake_engine()
+    try:
+        prompt = [1]
+        text = FakeTokenizer().decode(expected_tokens(prompt, 30))
+        stop = text[7:10]
+        (events,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=30, stop=(stop,)))])
+    finally:
+        engine.close()
+    streamed = "".join(e.text for e in events)
+    assert streamed == text[: text.find(stop)]
+    assert events[-1].finish_reason == "stop"
 
-    return wait_for(predicate, timeout_s)
+
+def test_stop_token_ids_and_min_tokens():
+    engine, _ = fake_engine()
+    try:
+        prompt = [1]
+        natural = expected_tokens(prompt, 20)
+        stop_id = natural[2]
+        (stopped,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=20, stop_token_ids=(stop_id,)))])
+        assert tokens_of(stopped) == natural[:3] and stopped[-1].finish_reason == "stop"
+        (held,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=20, stop_token_ids=(stop_id,), min_tokens=10))])
+        assert len(tokens_of(held)) >= 10
+        assert stop_id not in tokens_of(held)[:9]
+    finally:
+        engine.close()
+
+
+def test_logprobs_come_with_each_token():
+    engine, _ = fake_engine()
+    try:
+        (events,) = collect_many(engine, [([1], SamplingParams(max_tokens=5, logprobs=3, ignore_eos=True))])
+    finally:
+        engine.close()
+    per_token = [lp for e in events for lp in e.logprobs]
+    assert len(per_token) == 5
+    for (logprob, top), token in zip(per_token, tokens_of(events)):
+        assert top[0][0] == token and np.isclose(top[0][1], logprob) and len(top) == 3

@@ -128,3 +128,63 @@ def test_a_cancelled_stream_does_not_disturb_the_next(client):
     stream.close()  # cancels the call
     chunks = list(client.generate("llama", "Short", max_tokens=4, ignore_eos=True))
     assert chunks[-1].completion_tokens == 4
+
+
+def test_chat_messages_use_the_packages_template(client, models_dir):
+    from appliance.engine.chat import ChatMessage, ChatTemplate
+    from appliance.model_package import open_package
+
+    conversation = [("system", "Be brief."), ("user", "Where is my order?")]
+    chunks = list(client.generate("llama", messages=conversation, max_tokens=4, ignore_eos=True))
+    manifest = open_package(models_dir / "llama")
+    tokenizer = Tokenizer.from_file(str(models_dir / "llama" / "tokenizer.json"))
+    rendered = ChatTemplate(manifest.chat_template).render([ChatMessage(r, c) for r, c in conversation])
+    assert "<|user|>Where is my order?" in rendered and rendered.endswith("<|assistant|>")
+    assert chunks[-1].prompt_tokens == len(tokenizer.encode(rendered).ids)
+    same = list(client.generate("llama", rendered, max_tokens=4, ignore_eos=True))
+    assert [t for c in chunks for t in c.token_ids] == [t for c in same for t in c.token_ids]
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"prompt": "hi", "messages": [("user", "hi")]}, "prompt"),
+    ({"messages": [("pirate", "arr")]}, "messages[0].role"),
+    ({"messages": [("user", "")]}, "messages[0].content"),
+    ({"prompt": "hi", "stop": ("",)}, "stop[0]"),
+    ({"prompt": "hi", "logprobs": 50}, "logprobs"),
+    ({"prompt": "hi", "max_tokens": 3, "min_tokens": 5}, "min_tokens"),
+])
+def test_bad_chat_and_sampling_fields_are_named(client, kwargs, field):
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.generate("llama", **kwargs))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(field + ":")
+
+
+def test_stop_strings_and_logprobs_over_the_wire(client):
+    free = "".join(c.text for c in client.generate("qwen2", "Tell me", max_tokens=30, ignore_eos=True))
+    stop = free[10:13]
+    chunks = list(client.generate("qwen2", "Tell me", max_tokens=30, ignore_eos=True, stop=(stop,), logprobs=2))
+    streamed = "".join(c.text for c in chunks)
+    assert streamed == free[: free.find(stop)] and chunks[-1].finish_reason == "stop"
+    per_token = [lp for c in chunks for lp in c.logprobs]
+    assert len(per_token) == sum(len(c.token_ids) for c in chunks)
+    assert all(len(top) == 2 and top[0][1] >= top[1][1] for _, top in per_token)
+
+
+def test_concurrent_streams_are_batched_and_each_gets_its_own_tokens(client, daemon):
+    import concurrent.futures
+
+    from appliance.client import ApplianceClient
+
+    prompts = [f"Question number {i}: where is parcel {i * 7}?" for i in range(8)]
+    alone = [[t for c in client.generate("llama", p, max_tokens=20, ignore_eos=True) for t in c.token_ids]
+             for p in prompts]
+
+    def stream(prompt):
+        with ApplianceClient(daemon.target) as own:
+            return [t for c in own.generate("llama", prompt, max_tokens=20, ignore_eos=True) for t in c.token_ids]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(stream, prompts))
+    assert together == alone
+

@@ -1,0 +1,145 @@
+"""Which requests run in the next step: continuous batching over rows of one KV buffer.
+
+The scheduler owns the queue and the row layout and never touches ONNX Runtime (tests drive it
+with fake runners). Invariant between steps: rows 0..r-1 hold RUNNING requests (the decode
+batch), and at most one PREFILLING request holds row r, part of its prompt written. A finished
+or cancelled request's row is filled by moving the last running row into it, so the batch stays
+contiguous; a prefilling row then slides down behind the running ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from appliance.engine.request import GenerationRequest, RequestStatus
+
+Move = Callable[[int, int, int], None]  # (src_row, dst_row, cached_positions)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 8
+    # Tokens one step may compute (decode rows count one each); bounds a step's latency.
+    max_step_tokens: int = 256
+    # Longest prompt piece prefilled in one step, so running streams keep their pace.
+    prefill_chunk: int = 128
+    max_queue: int = 64
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    request: GenerationRequest
+    tokens: list[int]
+    start: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        return self.start + len(self.tokens) == len(self.request.prompt_ids)
+
+
+@dataclass
+class Batch:
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    # Requests in rows 0..n-1, in row order.
+    decode: list[GenerationRequest] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefills and not self.decode
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, move: Move):
+        self.config = config
+        self._move = move
+        self.waiting: deque[GenerationRequest] = deque()
+        self.running: list[GenerationRequest] = []  # index == row
+        self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
+        self._pending_running: list[GenerationRequest] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.prefilling)
+
+    @property
+    def queue_full(self) -> bool:
+        return len(self.waiting) >= self.config.max_queue
+
+    def add(self, request: GenerationRequest) -> None:
+        self.waiting.append(request)
+
+    def schedule(self) -> Batch:
+        """Decode every running row, then fill the step's token budget with prompt chunks."""
+        batch = Batch(decode=list(self.running))
+        budget = self.config.max_step_tokens - len(batch.decode)
+        rows_taken = len(self.running)
+        while budget > 0 and rows_taken < self.config.max_batch:
+            request = self.prefilling or self._next_waiting()
+            if request is None:
+                break
+            if request.row < 0:
+                request.row = rows_taken
+                request.status = RequestStatus.PREFILLING
+                self.prefilling = request
+            start = request.prefilled + sum(len(c.tokens) for c in batch.prefills if c.request is request)
+            size = min(len(request.prompt_ids) - start, budget, self.config.prefill_chunk)
+            batch.prefills.append(PrefillChunk(request, request.prompt_ids[start : start + size], start))
+            budget -= size
+            if start + size < len(request.prompt_ids):
+                break  # the rest of this prompt waits for the next step; nobody queues behind it
+            self.prefilling = None
+            rows_taken += 1
+        # Prompts completed in this batch become running rows, in row order, after the step.
+        self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
+        return batch
+
+    def _next_waiting(self) -> Optional[GenerationRequest]:
+        while self.waiting:
+            request = self.waiting.popleft()
+            if not request.status.finished:
+                return request
+        return None
+
+    def commit(self, batch: Batch) -> None:
+        """After the step ran: record prefill progress, promote completed prompts to running."""
+        for chunk in batch.prefills:
+            chunk.request.prefilled = chunk.start + len(chunk.tokens)
+        for request in self._pending_running:
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+        self._pending_running = []
+        if self.prefilling is not None and self.prefilling.row != len(self.running):
+            self._relocate(self.prefilling, len(self.running))
+
+    def finish(self, request: GenerationRequest, status: RequestStatus) -> None:
+        """Frees a request's row (compacting the batch) or drops it from the queue."""
+        request.status = status
+        if request is self.prefilling:
+            self.prefilling = None
+        elif request in self.running:
+            row = request.row
+            last = len(self.running) - 1
+            if row != last:
+                self._relocate(self.running[last], row)
+                self.running[row] = self.running[last]
+            self.running.pop()
+            if self.prefilling is not None:
+                self._relocate(self.prefilling, len(self.running))
+        else:
+            try:
+                self.waiting.remove(request)
+            except ValueError:
+                pass
+        request.row = -1
+
+    def _relocate(self, request: GenerationRequest, row: int) -> None:
+        self._move(request.row, row, request.cached_tokens)
+        request.row = row
+
+    def drop_waiting(self, keep: Callable[[GenerationRequest], bool]) -> list[GenerationRequest]:
+        """Removes queued requests for which keep() is False; returns them."""
+        dropped = [r for r in self.waiting if not keep(r)]
+        self.waiting = deque(r for r in self.waiting if keep(r))
+        return dropped

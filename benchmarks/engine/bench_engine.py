@@ -1,0 +1,289 @@
+"""This engine side by side with onnxruntime-genai, Optimum and transformers, in one run.
+
+    .venv/bin/python benchmarks/engine/bench_engine.py [--tokens 64] [--threads 2] [--repeat 3]
+
+The model is random weights in SmolLM-135M's shape (30 layers, hidden 576, 9 query / 3 KV heads,
+MLP 1536, vocab 32000): built once under --work, exported as an int4 builder package (block 128,
+accuracy level 4, the fastest CPU recipe) and as an fp32 Optimum package for ORTModelForCausalLM.
+Every contender gets the same prompts (32 tokens), greedy decoding, ignore-EOS, --threads threads.
+
+Printed per contender: batch-1 decode tokens/s and time to first token, and aggregate tokens/s at
+1, 4, 8 and 16 concurrent sequences; for this engine also the fraction of the memory-bandwidth
+roofline (weight bytes read per step x steps per second / measured read bandwidth). Medians over
+--repeat runs with the spread (min-max). These machines are noisy: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+CONCURRENCY = (1, 4, 8, 16)
+PROMPT_TOKENS = 32
+
+
+def prepare(work: Path) -> tuple[Path, Path, Path]:
+    from export.tiny_models import make_decoder
+
+    source = work / "src" / "smollm-135m"
+    if not (source / "config.json").is_file():
+        make_decoder(source, "llama", hidden_size=576, layers=30, heads=9, kv_heads=3, context_length=2048,
+                     intermediate_size=1536, vocab_size=32000)
+    packages = {"int4-b128": ["--precision", "int4", "--block-size", "128"],
+                "fp32-optimum": ["--backend", "optimum"]}
+    for name, args in packages.items():
+        out = work / "packages" / name
+        if not (out / "manifest.json").is_file():
+            subprocess.run([sys.executable, "-m", "export.cli", str(source), "--output", str(out), *args, "--force"],
+                           check=True, capture_output=True)
+    return source, work / "packages" / "int4-b128", work / "packages" / "fp32-optimum"
+
+
+def prompts(vocab: int, count: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(3, min(vocab, 1000), PROMPT_TOKENS).tolist() for _ in range(count)]
+
+
+def read_bandwidth_gbs() -> float:
+    """Streaming read bandwidth: sum a 1 GiB array with numpy (one pass, read-bound)."""
+    data = np.ones(1 << 28, np.float32)
+    data.sum()
+    best = min(_timed(data.sum) for _ in range(3))
+    return data.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_weight_bytes(package: Path) -> int:
+    """Bytes of weights a decode step reads: everything but the embedding table (one row read)."""
+    import onnx
+
+    model = onnx.load(str(package / "model.onnx"), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        length = next((int(e.value) for e in init.external_data if e.key == "length"), len(init.raw_data))
+        if "embed_tokens" not in init.name:
+            total += length
+    return total
+
+
+# ---- contenders: each returns (ttft_s, decode_tokens_per_s) for one batch ---------------------
+
+class OurEngine:
+    name = "appliance engine"
+
+    def __init__(self, package: Path, threads: int):
+        from tokenizers import Tokenizer
+
+        from appliance.engine.engine import GenerationEngine
+        from appliance.engine.providers import RuntimeOptions
+        from appliance.engine.runners import open_decoder_runner
+        from appliance.engine.scheduler import SchedulerConfig
+        from appliance.model_package import open_package
+
+        manifest = open_package(package)
+        runner = open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=threads), max_batch=16,
+                                     max_context=512)
+        self.engine = GenerationEngine(runner, Tokenizer.from_file(str(package / "tokenizer.json")), [],
+                                       SchedulerConfig(max_batch=16, max_step_tokens=1024, prefill_chunk=512))
+
+    def run(self, batch: list[list[int]], tokens: int) -> tuple[float, float, float]:
+        from appliance.engine.sampling import SamplingParams
+
+        async def all_streams():
+            async def one(ids):
+                last = None
+                async for event in self.engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True)):
+                    last = event
+                return last
+            start = time.perf_counter()
+            finals = await asyncio.gather(*(one(ids) for ids in batch))
+            return finals, time.perf_counter() - start
+
+        finals, wall = asyncio.run(all_streams())
+        ttft = statistics.median(f.timings.time_to_first_token_ns for f in finals) / 1e9
+        decode = statistics.median(f.completion_tokens / max(f.timings.decode_ns / 1e9, 1e-9) for f in finals)
+        return ttft, decode, len(batch) * tokens / wall
+
+    def close(self):
+        self.engine.close()
+
+
+class GenAI:
+    name = "onnxruntime-genai"
+
+    def __init__(self, package: Path, threads: int, work: Path):
+        import onnxruntime_genai as og
+
+        # A copy whose genai_config pins the thread count (the package itself stays untouched).
+        copy = work / "genai-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir(parents=True)
+        for item in package.iterdir():
+            (copy / item.name).symlink_to(item)
+        (copy / "genai_config.json").unlink()
+        config = json.loads((package / "genai_config.json").read_text())
+        config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+        (copy / "genai_config.json").write_text(json.dumps(config))
+        self.og = og
+        self.model = og.Model(str(copy))
+
+    def run(self, batch, tokens):
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=PROMPT_TOKENS + tokens, do_sample=False, batch_size=len(batch))
+        generator = og.Generator(self.model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray(batch, np.int32))
+        generator.generate_next_token()
+        first = time.perf_counter()
+        produced = 1
+        while not generator.is_done() and produced < tokens:
+            generator.generate_next_token()
+            produced += 1
+        end = time.perf_counter()
+        return first - start, (produced - 1) / (end - first), len(batch) * produced / (end - start)
+
+    def close(self):
+        pass
+
+
+class OptimumORT:
+    name = "optimum ORTModelForCausalLM (fp32)"
+
+    def __init__(self, package: Path, threads: int):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.model = ORTModelForCausalLM.from_pretrained(package, session_options=options, use_cache=True,
+                                                         local_files_only=True)
+
+    def run(self, batch, tokens):
+        return _hf_generate(self.model, batch, tokens)
+
+    def close(self):
+        pass
+
+
+class TorchHF:
+    name = "transformers + PyTorch (fp32)"
+
+    def __init__(self, source: Path, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+
+    def run(self, batch, tokens):
+        import torch
+
+        with torch.no_grad():
+            return _hf_generate(self.model, batch, tokens)
+
+    def close(self):
+        pass
+
+
+def _hf_generate(model, batch, tokens):
+    import torch
+
+    ids = torch.tensor(batch)
+    mask = torch.ones_like(ids)
+    common = dict(attention_mask=mask, do_sample=False, pad_token_id=0)
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **common)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **common)
+    total = time.perf_counter() - start
+    decode_rate = (tokens - 1) / max(total - first, 1e-9)
+    return first, decode_rate, len(batch) * tokens / total
+
+
+def measure(contender, all_prompts, tokens, repeat) -> dict:
+    contender.run(all_prompts[:1], 4)  # warm-up
+    figures = {}
+    for n in CONCURRENCY:
+        runs = [contender.run(all_prompts[:n], tokens) for _ in range(repeat)]
+        figures[n] = runs
+    return figures
+
+
+def spread(values) -> str:
+    return f"{statistics.median(values):7.1f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/engine-bench"))
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out: genai optimum torch")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    source, int4, fp32 = prepare(args.work)
+    all_prompts = prompts(32000, max(CONCURRENCY))
+    bandwidth = read_bandwidth_gbs()
+    weights = step_weight_bytes(int4)
+
+    contenders = [("ours", lambda: OurEngine(int4, args.threads)),
+                  ("genai", lambda: GenAI(int4, args.threads, args.work)),
+                  ("optimum", lambda: OptimumORT(fp32, args.threads)),
+                  ("torch", lambda: TorchHF(source, args.threads))]
+    results = {}
+    for key, make in contenders:
+        if key in args.skip:
+            continue
+        contender = make()
+        try:
+            results[contender.name] = measure(contender, all_prompts, args.tokens, args.repeat)
+        finally:
+            contender.close()
+
+    print(f"SmolLM-135M shape, random weights; {PROMPT_TOKENS}-token prompts, {args.tokens} greedy tokens, "
+          f"{args.threads} threads, median (min-max) of {args.repeat} runs")
+    print(f"read bandwidth {bandwidth:.1f} GB/s; int4 block-128 package reads {weights / 1e6:.1f} MB of weights "
+          f"per step -> roofline {bandwidth * 1e9 / weights:.0f} steps/s")
+    header = f"{'contender':36} {'TTFT ms':>9} {'b1 decode tok/s':>22}" + "".join(f" {'agg tok/s @' + str(n):>22}" for n in CONCURRENCY)
+    print(header)
+    for name, figures in results.items():
+        b1 = figures[1]
+        row = f"{name:36} {statistics.median(r[0] for r in b1) * 1e3:9.1f} {spread([r[1] for r in b1]):>22}"
+        row += "".join(f" {spread([r[2] for r in figures[n]]):>22}" for n in CONCURRENCY)
+        print(row)
+    ours = results.get(OurEngine.name)
+    if ours:
+        b1 = statistics.median(r[1] for r in ours[1])
+        print(f"appliance batch-1 roofline fraction: {b1 * weights / (bandwidth * 1e9):.2f}")
+        agg8 = statistics.median(r[2] for r in ours[8])
+        print(f"appliance aggregate @8 / own batch-1: {agg8 / b1:.2f}")
+        genai = results.get(GenAI.name)
+        if genai:
+            print(f"appliance batch-1 / genai batch-1: {b1 / statistics.median(r[1] for r in genai[1]):.2f}")
+            print(f"appliance aggregate @8 / genai aggregate @8: {agg8 / statistics.median(r[2] for r in genai[8]):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

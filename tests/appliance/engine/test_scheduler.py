@@ -1,0 +1,73 @@
+"""The scheduler alone: row layout, token budget, chunking, compaction."""
+
+from appliance.engine.request import GenerationRequest, RequestStatus
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import Scheduler, SchedulerConfig
+
+
+def request(name, prompt_len):
+    return GenerationRequest(name, [1] * prompt_len, SamplingParams(max_tokens=10))
+
+
+def run_step(scheduler):
+    batch = scheduler.schedule()
+    for r in batch.decode:
+        r.output_ids.append(0)
+    scheduler.commit(batch)
+    for chunk in batch.prefills:
+        if chunk.completes_prompt:
+            chunk.request.output_ids.append(0)
+    return batch
+
+
+def test_budget_limits_prefill_and_a_long_prompt_is_chunked():
+    moves = []
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=10, prefill_chunk=6), lambda *m: moves.append(m))
+    long, short = request("long", 14), request("short", 3)
+    scheduler.add(long)
+    scheduler.add(short)
+    first = run_step(scheduler)
+    assert [(c.request.request_id, c.start, len(c.tokens)) for c in first.prefills] == [("long", 0, 6)]
+    assert scheduler.prefilling is long and long.row == 0 and short.status is RequestStatus.WAITING
+    second = run_step(scheduler)
+    assert [(c.request.request_id, c.start, len(c.tokens)) for c in second.prefills] == [("long", 6, 6)]
+    third = run_step(scheduler)
+    # The long prompt's last 2 tokens, then the short prompt fits the remaining budget.
+    assert [(c.request.request_id, c.start, len(c.tokens)) for c in third.prefills] == [("long", 12, 2), ("short", 0, 3)]
+    assert scheduler.running == [long, short] and (long.row, short.row) == (0, 1)
+    fourth = run_step(scheduler)
+    assert fourth.decode == [long, short] and not fourth.prefills
+
+
+def test_finishing_a_middle_row_moves_the_last_row_into_it():
+    moves = []
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64), lambda *m: moves.append(m))
+    requests = [request(str(i), 2) for i in range(3)]
+    for r in requests:
+        scheduler.add(r)
+    run_step(scheduler)
+    run_step(scheduler)
+    assert [r.row for r in requests] == [0, 1, 2]
+    scheduler.finish(requests[0], RequestStatus.FINISHED_CANCELLED)
+    assert moves == [(2, 0, requests[2].cached_tokens)]
+    assert scheduler.running == [requests[2], requests[1]] and requests[2].row == 0 and requests[0].row == -1
+
+
+def test_a_prefilling_row_slides_down_behind_the_running_ones():
+    moves = []
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=8, prefill_chunk=4), lambda *m: moves.append(m))
+    a, b = request("a", 2), request("b", 20)
+    scheduler.add(a)
+    scheduler.add(b)
+    run_step(scheduler)
+    assert scheduler.running == [a] and scheduler.prefilling is b and b.row == 1
+    scheduler.finish(a, RequestStatus.FINISHED_STOPPED)
+    assert moves == [(1, 0, b.prefilled)] and b.row == 0
+
+
+def test_no_more_rows_than_max_batch():
+    scheduler = Scheduler(SchedulerConfig(max_batch=2, max_step_tokens=100), lambda *m: None)
+    for i in range(5):
+        scheduler.add(request(str(i), 2))
+    run_step(scheduler)
+    assert len(scheduler.running) == 2 and len(scheduler.waiting) == 3
