@@ -38,7 +38,11 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     options = ["hf_token=false"]
     if precision in ("int4", "int8"):
         options += [f"block_size={recipe.block_size}", f"accuracy_level={recipe.accuracy_level}",
-                    f"is_symmetric={str(recipe.symmetric).lower()}", f"algo_config={recipe.method}"]
+                    f"is_symmetric={str(recipe.symmetric).lower()}"]
+        # The builder's "default" is RTN; naming rtn explicitly makes genai 0.15.2 write 4-bit
+        # weights even for int8, so only other methods are passed on.
+        if recipe.method != "rtn":
+            options.append(f"algo_config={recipe.method}")
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source.path), "-o", str(staging),
                "-p", precision, "-e", provider, "-c", str(cache_dir), "--extra_options", *options]
     _run_with_progress(command, log_path, phases, layers=int(source.config.get("num_hidden_layers", 0)))

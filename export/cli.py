@@ -21,7 +21,7 @@ import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
 from export import builder_backend, optimum_backend, tensorrt_backend, validate
-from export.graph_info import io_signature
+from export.graph_info import io_signature, matmul_nbits_widths
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
 from export.quantize import QuantRecipe
@@ -102,6 +102,7 @@ def export_package(args, phases: Phases) -> dict:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         copy_tokenizer(source.path, staging)
+        _check_weight_bits(staging / fields["model_file"], fields["quantization"])
         signature = io_signature(staging / fields["model_file"])
         if fields.get("kv_layout") is not None:
             past = next(t for t in signature.inputs if t.name == fields["kv_layout"].past_key % 0)
@@ -135,6 +136,16 @@ def export_package(args, phases: Phases) -> dict:
             "files": {k: v.size for k, v in manifest.files.items()},
             "package_bytes": sum(v.size for v in manifest.files.values()),
             "validation": figures, "problems": problems, "timings": phases.timings}
+
+
+def _check_weight_bits(model_path: Path, quantization: dict) -> None:
+    """The manifest must say what the graph holds: compare the recipe's bits with the nodes'."""
+    if quantization.get("op") != "MatMulNBits":
+        return
+    widths = matmul_nbits_widths(model_path)
+    if widths != {quantization["bits"]}:
+        found = ", ".join(str(w) for w in sorted(widths)) or "no MatMulNBits"
+        raise ExportError(f"the graph holds {found}-bit weights where {quantization['bits']}-bit were asked for")
 
 
 def verify_package(package: Path) -> dict:

@@ -24,3 +24,10 @@ def io_signature(model_path: Path) -> IOSignature:
         inputs=[_spec(v) for v in model.graph.input if v.name not in initializers],
         outputs=[_spec(v) for v in model.graph.output],
     )
+
+
+def matmul_nbits_widths(model_path: Path) -> set[int]:
+    """The weight bit-widths of the graph's MatMulNBits nodes (empty when it has none)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {onnx.helper.get_attribute_value(attribute) for node in model.graph.node if node.op_type == "MatMulNBits"
+            for attribute in node.attribute if attribute.name == "bits"}

@@ -34,6 +34,11 @@ def test_every_architecture_exports_at_every_cpu_precision(sources, tmp_path, na
         assert manifest.quantization == {}
     else:
         assert manifest.quantization["tool"].startswith(("onnxruntime", "onnxruntime_genai"))
+    if manifest.quantization.get("op") == "MatMulNBits":
+        from export.graph_info import matmul_nbits_widths
+
+        # The recipe in the manifest is what the graph really holds.
+        assert matmul_nbits_widths(out / manifest.model_file) == {manifest.quantization["bits"]}
 
 
 def test_builder_packages_share_their_kv_buffer_and_optimum_decoders_do_not(models_dir, sources, tmp_path):
