@@ -1,0 +1,145 @@
+"""The Redactor: detectors + overlap rule + operator, for whole texts and for streams.
+
+    redactor = Redactor()                       # all pattern types, replace with [TYPE]
+    redactor.redact("mail me at a@b.com").text  # 'mail me at [EMAIL_ADDRESS]'
+    stream = redactor.stream()
+    out = stream.feed("mail me at a@") + stream.feed("b.com") + stream.close()   # the same text
+
+One Redactor is built per configuration (it compiles the detectors) and shared by requests;
+each `redact` call or `stream()` is one request, with its own vault and audit collector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from appliance.redact.audit import AuditCollector
+from appliance.redact.detector import AnchorIndex, PatternDetector
+from appliance.redact.detectors import PATTERN_TYPES, default_detectors
+from appliance.redact.detectors.numbers import NUMBER_RUN
+from appliance.redact.ner import NerDetector, ner_entities, segment_end
+from appliance.redact.normalize import normalize
+from appliance.redact.operators import OPERATOR_NAMES, Operator, make_operator
+from appliance.redact.spans import Entity, resolve_overlaps
+from appliance.redact.stream import RedactionStream
+from appliance.redact.vault import PseudonymVault
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    operator: str = "replace"  # replace | mask | pseudonymize (see operators.py)
+    entity_types: tuple[str, ...] | None = None  # pattern types to detect; None: all
+    phone_regions: tuple[str, ...] = ("CN", "US", "GB")  # where numbers without +/00 may come from
+    min_score: float = 0.0
+    mask_char: str = "*"
+    mask_keep_last: int = 4
+
+    def __post_init__(self):
+        if self.operator not in OPERATOR_NAMES:
+            raise ValueError(f"operator: must be one of {OPERATOR_NAMES}")
+        if self.entity_types is not None and not set(self.entity_types) <= set(PATTERN_TYPES):
+            raise ValueError(f"entity_types: unknown types {sorted(set(self.entity_types) - set(PATTERN_TYPES))}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError("min_score: must be between 0 and 1")
+        if len(self.mask_char) != 1:
+            raise ValueError("mask_char: must be one character")
+        if self.mask_keep_last < 0:
+            raise ValueError("mask_keep_last: must not be negative")
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    text: str  # the redacted text
+    entities: tuple[Entity, ...]  # what was redacted; offsets into the input text
+    vault: PseudonymVault | None = None  # set when the operator pseudonymises
+
+
+class Redactor:
+    def __init__(self, config: RedactionConfig | None = None, *,
+                 detectors: Sequence[PatternDetector] | None = None, ner: NerDetector | None = None):
+        self.config = config or RedactionConfig()
+        if detectors is None:
+            detectors = default_detectors(self.config.entity_types, self.config.phone_regions)
+        self.detectors: tuple[PatternDetector, ...] = tuple(detectors)
+        self.ner = ner
+        # Per detector: the hints of its anchors when every anchor has one (else None), and
+        # whether its only anchor is the shared run of digits.
+        self._plan = [(d, tuple(a.hint for a in d.anchors) if all(a.hint for a in d.anchors) else None,
+                       d.anchors == (NUMBER_RUN,))
+                      for d in self.detectors if d.score >= self.config.min_score]
+
+    @property
+    def max_holdback(self) -> int:
+        """The most characters a stream can hold back from pattern detectors (the longest reach)."""
+        return max((d.reach for d in self.detectors), default=0)
+
+    def detect(self, text: str) -> list[Entity]:
+        """The entities `redact` would replace, sorted by start."""
+        return resolve_overlaps(self._candidates(text))
+
+    def redact(self, text: str, *, operator: str | Operator | None = None, vault: PseudonymVault | None = None,
+               audit: AuditCollector | None = None) -> RedactionResult:
+        render, vault = self._renderer(operator, vault, audit)
+        entities = self.detect(text)
+        pieces, cursor = [], 0
+        for entity in entities:
+            pieces.append(text[cursor:entity.start])
+            pieces.append(render(entity, text[entity.start:entity.end]))
+            cursor = entity.end
+        pieces.append(text[cursor:])
+        return RedactionResult("".join(pieces), tuple(entities), vault)
+
+    def stream(self, *, operator: str | Operator | None = None, vault: PseudonymVault | None = None,
+               audit: AuditCollector | None = None) -> RedactionStream:
+        render, vault = self._renderer(operator, vault, audit)
+        return RedactionStream(self.detectors, render, ner=self.ner, min_score=self.config.min_score, vault=vault)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _candidates(self, text: str) -> list[Entity]:
+        norm = normalize(text)
+        index = AnchorIndex(norm)
+        found = []
+        longest_run = None
+        for detector, hints, enclosed in self._plan:
+            if hints is not None:
+                for hint in hints:
+                    if hint in norm:
+                        break
+                else:
+                    continue  # none of its anchors occurs: the common case, decided at C speed
+            elif enclosed:
+                if longest_run is None:
+                    longest_run = max((end - start for start, end in index.occurrences(NUMBER_RUN)), default=0)
+                if longest_run < detector.bounds.min_length:
+                    continue  # every digit run is shorter than its shortest match
+            for match in detector.find(norm, index):
+                span = detector.span(match)
+                if span is not None:
+                    found.append(Entity(detector.entity_type, span[0], span[1], detector.score))
+        if self.ner is not None:
+            found.extend(e for e in self._ner_candidates(text) if e.score >= self.config.min_score)
+        return found
+
+    def _ner_candidates(self, text: str) -> list[Entity]:
+        found, start = [], 0
+        while (stop := segment_end(text, start, len(text), final=True, max_chars=self.ner.max_chars)) is not None:
+            found.extend(ner_entities(self.ner, text[start:stop], start))
+            start = stop
+        return found
+
+    def _renderer(self, operator, vault, audit):
+        operator = operator or self.config.operator
+        if isinstance(operator, str):
+            if operator == "pseudonymize" and vault is None:
+                vault = PseudonymVault()
+            operator = make_operator(operator, vault=vault, mask_char=self.config.mask_char,
+                                     mask_keep_last=self.config.mask_keep_last)
+
+        def render(entity: Entity, value: str) -> str:
+            if audit is not None:
+                audit.add(entity.type, value)
+            return operator.render(entity.type, value)
+
+        return render, vault

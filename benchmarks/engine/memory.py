@@ -1,0 +1,94 @@
+"""Daemon resident memory against its budget, and its growth over many requests.
+
+    .venv/bin/python benchmarks/engine/memory.py PACKAGE [--requests 1000] [--concurrency 8]
+
+Budget: weight bytes + the KV cache the config reserves (max_batch x max_context per layer) +
+400 MB. RSS is read from /proc after warm-up, after the first 10% of the requests, and at the end;
+"growth" compares the end with the 10% mark, so one-time allocations do not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("package", type=Path)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-context", type=int, default=1024)
+    args = parser.parse_args()
+
+    from appliance.client import ApplianceClient
+    from appliance.model_package import open_package
+
+    package = args.package.resolve()
+    manifest = open_package(package)
+    layout = manifest.kv_layout
+    weights = sum(r.size for name, r in manifest.files.items() if name.startswith("model.onnx"))
+    context = min(args.max_context, manifest.context_length)
+    kv = 2 * layout.num_layers * args.max_batch * layout.num_kv_heads * context * layout.head_dim * 4
+    budget = weights + kv + 400 * 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "appliance.toml"
+        config.write_text(f"[engine]\nmax_batch = {args.max_batch}\nmax_context = {args.max_context}\n")
+        target = f"127.0.0.1:{free_port()}"
+        daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
+                                   "--models", str(package.parent), "--listen", target, "--threads", "2"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with ApplianceClient(target) as client:
+                client.wait_until_serving(300)
+            warm = rss_bytes(daemon.pid)
+
+            def one(i: int) -> int:
+                with ApplianceClient(target) as own:
+                    return sum(len(c.token_ids) for c in own.generate(
+                        package.name, f"Request {i}: where is parcel {i}?", max_tokens=16 + i % 32,
+                        temperature=0.7 if i % 2 else 0.0, seed=i, ignore_eos=True))
+
+            tenth = max(args.requests // 10, 1)
+            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+                list(pool.map(one, range(tenth)))
+                early = rss_bytes(daemon.pid)
+                tokens = sum(pool.map(one, range(tenth, args.requests)))
+            end = rss_bytes(daemon.pid)
+        finally:
+            daemon.terminate()
+            daemon.wait(60)
+    mb = 2**20
+    print(f"package {package.name}: weights {weights / mb:.0f} MB, KV reserved {kv / mb:.0f} MB "
+          f"(batch {args.max_batch} x context {context}), budget {budget / mb:.0f} MB")
+    print(f"RSS after warm-up {warm / mb:.0f} MB, after {tenth} requests {early / mb:.0f} MB, "
+          f"after {args.requests} requests ({tokens} tokens) {end / mb:.0f} MB")
+    print(f"RSS / budget: {end / budget:.2f}; growth over the last {args.requests - tenth} requests: "
+          f"{(end - early) / mb:+.1f} MB ({(end - early) / early * 100:+.1f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
