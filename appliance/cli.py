@@ -29,6 +29,9 @@ def _serve(args) -> int:
         return 2
     try:
         serve(config, notify_socket=os.environ.get("NOTIFY_SOCKET"))
+    except ConfigError as exc:
+        print(f"appliance serve: {exc}", file=sys.stderr)
+        return 2
     except (ApplianceError, OSError) as exc:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 1

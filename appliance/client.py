@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import grpc
@@ -31,6 +31,15 @@ class GenerateChunk:
     decode_ns: int = 0
     # Per token: (logprob, ((token_id, logprob), ...)) when logprobs were asked for.
     logprobs: tuple = ()
+    # Last chunk: {(direction, type): count} of entities redacted.
+    redactions: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RedactedText:
+    text: str
+    # (type, start, end, score) per entity, offsets in code points into the input.
+    entities: tuple[tuple[str, int, int, float], ...]
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,15 @@ class ApplianceClient:
         messages: Optional[list[tuple[str, str]]] = None,
         stop: tuple[str, ...] = (),
         logprobs: Optional[int] = None,
+        redaction: tuple[str, str] = ("", ""),
         **sampling,
     ) -> Iterator[GenerateChunk]:
         """Streams chunks as the server sends them; breaking out of the loop cancels the call.
 
         `messages` is a conversation of (role, content) pairs, used instead of `prompt`; `sampling`
         takes the other GenerateRequest fields (min_p, repetition_penalty, presence_penalty,
-        frequency_penalty, stop_token_ids, min_tokens).
+        frequency_penalty, stop_token_ids, min_tokens). `redaction` is (input, output) policy names
+        ("off", "redact", "pseudonymize" / "off", "redact", "restore"); "" keeps the server's default.
         """
         request = pb.GenerateRequest(
             model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
@@ -89,6 +100,11 @@ class ApplianceClient:
         )
         if logprobs is not None:
             request.logprobs = logprobs
+        input_policy, output_policy = redaction
+        if input_policy:
+            request.redaction.input = pb.InputPolicy.Value(f"INPUT_POLICY_{input_policy.upper()}")
+        if output_policy:
+            request.redaction.output = pb.OutputPolicy.Value(f"OUTPUT_POLICY_{output_policy.upper()}")
         call = self.stub.Generate(request, timeout=self.timeout_s)
         try:
             for message in call:
@@ -102,6 +118,7 @@ class ApplianceClient:
                     decode_ns=message.timings.decode_ns,
                     logprobs=tuple((lp.logprob, tuple((t.token_id, t.logprob) for t in lp.top))
                                    for lp in message.logprobs),
+                    redactions={(r.direction, r.type): r.count for r in message.redactions},
                 )
         finally:
             call.cancel()
@@ -109,6 +126,13 @@ class ApplianceClient:
     def embed(self, model: str, texts: list[str], normalize: bool = True) -> np.ndarray:
         response = self.stub.Embed(pb.EmbedRequest(model=model, texts=texts, normalize=normalize), timeout=self.timeout_s)
         return np.asarray([list(e.values) for e in response.embeddings], np.float32)
+
+    def redact(self, text: str, operator: str = "replace") -> RedactedText:
+        """operator: "replace" ([TYPE]), "mask" or "pseudonymize" ([TYPE_n])."""
+        value = {"replace": pb.REDACT_OPERATOR_UNSPECIFIED, "mask": pb.REDACT_OPERATOR_MASK,
+                 "pseudonymize": pb.REDACT_OPERATOR_PSEUDONYMIZE}[operator]
+        response = self.stub.Redact(pb.RedactRequest(text=text, operator=value), timeout=self.timeout_s)
+        return RedactedText(response.text, tuple((e.type, e.start, e.end, e.score) for e in response.entities))
 
     def list_models(self) -> list[ModelSummary]:
         response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)

@@ -45,6 +45,12 @@ class WrongTask(ApplianceError):
     status_name = "FAILED_PRECONDITION"
 
 
+class NotAllowed(ApplianceError):
+    """The caller asked for something this server (or its key) may not do."""
+
+    status_name = "PERMISSION_DENIED"
+
+
 class QueueFull(ApplianceError):
     status_name = "RESOURCE_EXHAUSTED"
 

@@ -19,6 +19,7 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.registry import ModelRegistry
 from appliance.server.config import Config
+from appliance.server.redaction import RedactionStage
 from appliance.server.sd_notify import Notifier
 from appliance.server.service import InferenceService
 from appliance.v1 import inference_pb2, inference_pb2_grpc
@@ -38,7 +39,8 @@ class Daemon:
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context)
-        self.service = InferenceService(self.registry, config.server.default_max_tokens)
+        self.service = InferenceService(self.registry, config.server.default_max_tokens,
+                                        RedactionStage(config.redaction))
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()
         inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)

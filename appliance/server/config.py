@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
 
@@ -53,10 +53,35 @@ class EngineConfig(_Section):
     max_context: int = Field(0, ge=0)
 
 
+InputPolicyName = Literal["off", "redact", "pseudonymize"]
+OutputPolicyName = Literal["off", "redact", "restore"]
+
+
+class RedactionConfig(_Section):
+    # Policies for requests that do not choose one.
+    input: InputPolicyName = "off"
+    output: OutputPolicyName = "off"
+    # Policies a request may choose; anything else is refused with PERMISSION_DENIED.
+    allowed_input: tuple[InputPolicyName, ...] = ("off", "redact", "pseudonymize")
+    allowed_output: tuple[OutputPolicyName, ...] = ("off", "redact", "restore")
+    # File holding the secret for the audit records' keyed hashes (HMAC-SHA256). Unset: a random
+    # secret per start, so hashes only compare within one run of the daemon.
+    audit_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _defaults_allowed(self):
+        if self.input not in self.allowed_input:
+            raise ValueError(f"input: default {self.input!r} is not in allowed_input")
+        if self.output not in self.allowed_output:
+            raise ValueError(f"output: default {self.output!r} is not in allowed_output")
+        return self
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     engine: EngineConfig = EngineConfig()
+    redaction: RedactionConfig = RedactionConfig()
 
 
 def _describe(exc: ValidationError) -> str:

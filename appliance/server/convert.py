@@ -67,11 +67,49 @@ def generate_params(request: pb.GenerateRequest, default_max_tokens: int) -> Sam
     )
 
 
-def generate_response(event: TokenEvent) -> pb.GenerateResponse:
-    response = pb.GenerateResponse(text=event.text, token_ids=list(event.token_ids))
-    for logprob, top in event.logprobs:
-        response.logprobs.append(pb.GeneratedTokenLogprobs(
-            logprob=logprob, top=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in top]))
+_INPUT_POLICIES = {pb.INPUT_POLICY_OFF: "off", pb.INPUT_POLICY_REDACT: "redact",
+                   pb.INPUT_POLICY_PSEUDONYMIZE: "pseudonymize"}
+_OUTPUT_POLICIES = {pb.OUTPUT_POLICY_OFF: "off", pb.OUTPUT_POLICY_REDACT: "redact",
+                    pb.OUTPUT_POLICY_RESTORE: "restore"}
+_OPERATORS = {pb.REDACT_OPERATOR_UNSPECIFIED: "replace", pb.REDACT_OPERATOR_MASK: "mask",
+              pb.REDACT_OPERATOR_PSEUDONYMIZE: "pseudonymize"}
+
+
+def redaction_policies(request: pb.GenerateRequest) -> tuple[str | None, str | None]:
+    """The request's (input, output) policy names; None where it leaves the server's default."""
+    options = request.redaction
+    for field, value, known in (("redaction.input", options.input, _INPUT_POLICIES),
+                                ("redaction.output", options.output, _OUTPUT_POLICIES)):
+        if value and value not in known:
+            raise InvalidRequest(field, f"unknown policy {value}")
+    return _INPUT_POLICIES.get(options.input), _OUTPUT_POLICIES.get(options.output)
+
+
+def redact_request(request: pb.RedactRequest) -> tuple[str, str]:
+    """(text, operator name) of a RedactRequest."""
+    if len(request.text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest("text", f"is longer than {MAX_PROMPT_CHARS} characters")
+    if request.operator not in _OPERATORS:
+        raise InvalidRequest("operator", f"unknown operator {request.operator}")
+    return request.text, _OPERATORS[request.operator]
+
+
+def redact_response(result) -> pb.RedactResponse:
+    return pb.RedactResponse(text=result.text, entities=[
+        pb.Entity(type=e.type, start=e.start, end=e.end, score=e.score) for e in result.entities])
+
+
+def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
+                      redactions: dict[tuple[str, str], int] | None = None) -> pb.GenerateResponse:
+    """One stream message: `text` is the event's text after the output redaction stage."""
+    response = pb.GenerateResponse(text=text)
+    if not hide_tokens:
+        response.token_ids.extend(event.token_ids)
+        for logprob, top in event.logprobs:
+            response.logprobs.append(pb.GeneratedTokenLogprobs(
+                logprob=logprob, top=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in top]))
+    for (direction, entity_type), count in sorted((redactions or {}).items()):
+        response.redactions.append(pb.EntityCount(type=entity_type, direction=direction, count=count))
     if event.finish_reason is not None:
         response.finish_reason = _FINISH_REASONS[event.finish_reason]
         response.usage.prompt_tokens = event.prompt_tokens

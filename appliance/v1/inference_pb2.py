@@ -24,43 +24,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61ppliance/v1/inference.proto\x12\x0c\x61ppliance.v1\"\x84\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\r\n\x05top_p\x18\x08 \x01(\x02\x12+\n\x08messages\x18\t \x03(\x0b\x32\x19.appliance.v1.ChatMessage\x12\r\n\x05min_p\x18\n \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x0b \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0c \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\r \x01(\x02\x12\x0c\n\x04stop\x18\x0e \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0f \x03(\r\x12\x12\n\nmin_tokens\x18\x10 \x01(\r\x12\x15\n\x08logprobs\x18\x11 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_logprobs\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"R\n\x16GeneratedTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\'\n\x03top\x18\x02 \x03(\x0b\x32\x1a.appliance.v1.TokenLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"N\n\x07Timings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x1e\n\x16time_to_first_token_ns\x18\x02 \x01(\x04\x12\x11\n\tdecode_ns\x18\x03 \x01(\x04\"\xea\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.appliance.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.appliance.v1.Usage\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.appliance.v1.Timings\x12\x36\n\x08logprobs\x18\x06 \x03(\x0b\x32$.appliance.v1.GeneratedTokenLogprobs\"?\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"S\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.appliance.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xbc\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\'\n\x05state\x18\x06 \x01(\x0e\x32\x18.appliance.v1.ModelState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x08 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.appliance.v1.ModelInfo*\x98\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xeb\x01\n\tInference\x12K\n\x08Generate\x12\x1d.appliance.v1.GenerateRequest\x1a\x1e.appliance.v1.GenerateResponse0\x01\x12@\n\x05\x45mbed\x12\x1a.appliance.v1.EmbedRequest\x1a\x1b.appliance.v1.EmbedResponse\x12O\n\nListModels\x12\x1f.appliance.v1.ListModelsRequest\x1a .appliance.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61ppliance/v1/inference.proto\x12\x0c\x61ppliance.v1\"\xb7\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\r\n\x05top_p\x18\x08 \x01(\x02\x12+\n\x08messages\x18\t \x03(\x0b\x32\x19.appliance.v1.ChatMessage\x12\r\n\x05min_p\x18\n \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x0b \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0c \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\r \x01(\x02\x12\x0c\n\x04stop\x18\x0e \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0f \x03(\r\x12\x12\n\nmin_tokens\x18\x10 \x01(\r\x12\x15\n\x08logprobs\x18\x11 \x01(\rH\x00\x88\x01\x01\x12\x31\n\tredaction\x18\x12 \x01(\x0b\x32\x1e.appliance.v1.RedactionOptionsB\x0b\n\t_logprobs\"h\n\x10RedactionOptions\x12(\n\x05input\x18\x01 \x01(\x0e\x32\x19.appliance.v1.InputPolicy\x12*\n\x06output\x18\x02 \x01(\x0e\x32\x1a.appliance.v1.OutputPolicy\"=\n\x0b\x45ntityCount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"M\n\rRedactRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\x08operator\x18\x02 \x01(\x0e\x32\x1c.appliance.v1.RedactOperator\"A\n\x06\x45ntity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x02\"F\n\x0eRedactResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x14.appliance.v1.Entity\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"R\n\x16GeneratedTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\'\n\x03top\x18\x02 \x03(\x0b\x32\x1a.appliance.v1.TokenLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"N\n\x07Timings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x1e\n\x16time_to_first_token_ns\x18\x02 \x01(\x04\x12\x11\n\tdecode_ns\x18\x03 \x01(\x04\"\x99\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.appliance.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.appliance.v1.Usage\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.appliance.v1.Timings\x12\x36\n\x08logprobs\x18\x06 \x03(\x0b\x32$.appliance.v1.GeneratedTokenLogprobs\x12-\n\nredactions\x18\x07 \x03(\x0b\x32\x19.appliance.v1.EntityCount\"?\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"S\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.appliance.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xbc\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\'\n\x05state\x18\x06 \x01(\x0e\x32\x18.appliance.v1.ModelState\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x08 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.appliance.v1.ModelInfo*y\n\x0bInputPolicy\x12\x1c\n\x18INPUT_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_POLICY_OFF\x10\x01\x12\x17\n\x13INPUT_POLICY_REDACT\x10\x02\x12\x1d\n\x19INPUT_POLICY_PSEUDONYMIZE\x10\x03*y\n\x0cOutputPolicy\x12\x1d\n\x19OUTPUT_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_POLICY_OFF\x10\x01\x12\x18\n\x14OUTPUT_POLICY_REDACT\x10\x02\x12\x19\n\x15OUTPUT_POLICY_RESTORE\x10\x03*m\n\x0eRedactOperator\x12\x1f\n\x1bREDACT_OPERATOR_UNSPECIFIED\x10\x00\x12\x18\n\x14REDACT_OPERATOR_MASK\x10\x01\x12 \n\x1cREDACT_OPERATOR_PSEUDONYMIZE\x10\x02*\x98\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x1a\n\x16\x46INISH_REASON_DEADLINE\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xb0\x02\n\tInference\x12K\n\x08Generate\x12\x1d.appliance.v1.GenerateRequest\x1a\x1e.appliance.v1.GenerateResponse0\x01\x12@\n\x05\x45mbed\x12\x1a.appliance.v1.EmbedRequest\x1a\x1b.appliance.v1.EmbedResponse\x12O\n\nListModels\x12\x1f.appliance.v1.ListModelsRequest\x1a .appliance.v1.ListModelsResponse\x12\x43\n\x06Redact\x12\x1b.appliance.v1.RedactRequest\x1a\x1c.appliance.v1.RedactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'appliance.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1449
-  _globals['_FINISHREASON']._serialized_end=1601
-  _globals['_MODELSTATE']._serialized_start=1603
-  _globals['_MODELSTATE']._serialized_end=1716
+  _globals['_INPUTPOLICY']._serialized_start=1933
+  _globals['_INPUTPOLICY']._serialized_end=2054
+  _globals['_OUTPUTPOLICY']._serialized_start=2056
+  _globals['_OUTPUTPOLICY']._serialized_end=2177
+  _globals['_REDACTOPERATOR']._serialized_start=2179
+  _globals['_REDACTOPERATOR']._serialized_end=2288
+  _globals['_FINISHREASON']._serialized_start=2291
+  _globals['_FINISHREASON']._serialized_end=2443
+  _globals['_MODELSTATE']._serialized_start=2445
+  _globals['_MODELSTATE']._serialized_end=2558
   _globals['_GENERATEREQUEST']._serialized_start=47
-  _globals['_GENERATEREQUEST']._serialized_end=435
-  _globals['_CHATMESSAGE']._serialized_start=437
-  _globals['_CHATMESSAGE']._serialized_end=481
-  _globals['_TOKENLOGPROB']._serialized_start=483
-  _globals['_TOKENLOGPROB']._serialized_end=532
-  _globals['_GENERATEDTOKENLOGPROBS']._serialized_start=534
-  _globals['_GENERATEDTOKENLOGPROBS']._serialized_end=616
-  _globals['_USAGE']._serialized_start=618
-  _globals['_USAGE']._serialized_end=675
-  _globals['_TIMINGS']._serialized_start=677
-  _globals['_TIMINGS']._serialized_end=755
-  _globals['_GENERATERESPONSE']._serialized_start=758
-  _globals['_GENERATERESPONSE']._serialized_end=992
-  _globals['_EMBEDREQUEST']._serialized_start=994
-  _globals['_EMBEDREQUEST']._serialized_end=1057
-  _globals['_EMBEDDING']._serialized_start=1059
-  _globals['_EMBEDDING']._serialized_end=1086
-  _globals['_EMBEDRESPONSE']._serialized_start=1088
-  _globals['_EMBEDRESPONSE']._serialized_end=1171
-  _globals['_LISTMODELSREQUEST']._serialized_start=1173
-  _globals['_LISTMODELSREQUEST']._serialized_end=1192
-  _globals['_MODELINFO']._serialized_start=1195
-  _globals['_MODELINFO']._serialized_end=1383
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1385
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1446
-  _globals['_INFERENCE']._serialized_start=1719
-  _globals['_INFERENCE']._serialized_end=1954
+  _globals['_GENERATEREQUEST']._serialized_end=486
+  _globals['_REDACTIONOPTIONS']._serialized_start=488
+  _globals['_REDACTIONOPTIONS']._serialized_end=592
+  _globals['_ENTITYCOUNT']._serialized_start=594
+  _globals['_ENTITYCOUNT']._serialized_end=655
+  _globals['_REDACTREQUEST']._serialized_start=657
+  _globals['_REDACTREQUEST']._serialized_end=734
+  _globals['_ENTITY']._serialized_start=736
+  _globals['_ENTITY']._serialized_end=801
+  _globals['_REDACTRESPONSE']._serialized_start=803
+  _globals['_REDACTRESPONSE']._serialized_end=873
+  _globals['_CHATMESSAGE']._serialized_start=875
+  _globals['_CHATMESSAGE']._serialized_end=919
+  _globals['_TOKENLOGPROB']._serialized_start=921
+  _globals['_TOKENLOGPROB']._serialized_end=970
+  _globals['_GENERATEDTOKENLOGPROBS']._serialized_start=972
+  _globals['_GENERATEDTOKENLOGPROBS']._serialized_end=1054
+  _globals['_USAGE']._serialized_start=1056
+  _globals['_USAGE']._serialized_end=1113
+  _globals['_TIMINGS']._serialized_start=1115
+  _globals['_TIMINGS']._serialized_end=1193
+  _globals['_GENERATERESPONSE']._serialized_start=1196
+  _globals['_GENERATERESPONSE']._serialized_end=1477
+  _globals['_EMBEDREQUEST']._serialized_start=1479
+  _globals['_EMBEDREQUEST']._serialized_end=1542
+  _globals['_EMBEDDING']._serialized_start=1544
+  _globals['_EMBEDDING']._serialized_end=1571
+  _globals['_EMBEDRESPONSE']._serialized_start=1573
+  _globals['_EMBEDRESPONSE']._serialized_end=1656
+  _globals['_LISTMODELSREQUEST']._serialized_start=1658
+  _globals['_LISTMODELSREQUEST']._serialized_end=1677
+  _globals['_MODELINFO']._serialized_start=1680
+  _globals['_MODELINFO']._serialized_end=1868
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1870
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1931
+  _globals['_INFERENCE']._serialized_start=2561
+  _globals['_INFERENCE']._serialized_end=2865
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InputPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INPUT_POLICY_UNSPECIFIED: _ClassVar[InputPolicy]
+    INPUT_POLICY_OFF: _ClassVar[InputPolicy]
+    INPUT_POLICY_REDACT: _ClassVar[InputPolicy]
+    INPUT_POLICY_PSEUDONYMIZE: _ClassVar[InputPolicy]
+
+class OutputPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_POLICY_UNSPECIFIED: _ClassVar[OutputPolicy]
+    OUTPUT_POLICY_OFF: _ClassVar[OutputPolicy]
+    OUTPUT_POLICY_REDACT: _ClassVar[OutputPolicy]
+    OUTPUT_POLICY_RESTORE: _ClassVar[OutputPolicy]
+
+class RedactOperator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDACT_OPERATOR_UNSPECIFIED: _ClassVar[RedactOperator]
+    REDACT_OPERATOR_MASK: _ClassVar[RedactOperator]
+    REDACT_OPERATOR_PSEUDONYMIZE: _ClassVar[RedactOperator]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
@@ -21,6 +41,17 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_LOADING: _ClassVar[ModelState]
     MODEL_STATE_READY: _ClassVar[ModelState]
     MODEL_STATE_FAILED: _ClassVar[ModelState]
+INPUT_POLICY_UNSPECIFIED: InputPolicy
+INPUT_POLICY_OFF: InputPolicy
+INPUT_POLICY_REDACT: InputPolicy
+INPUT_POLICY_PSEUDONYMIZE: InputPolicy
+OUTPUT_POLICY_UNSPECIFIED: OutputPolicy
+OUTPUT_POLICY_OFF: OutputPolicy
+OUTPUT_POLICY_REDACT: OutputPolicy
+OUTPUT_POLICY_RESTORE: OutputPolicy
+REDACT_OPERATOR_UNSPECIFIED: RedactOperator
+REDACT_OPERATOR_MASK: RedactOperator
+REDACT_OPERATOR_PSEUDONYMIZE: RedactOperator
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -32,7 +63,7 @@ MODEL_STATE_READY: ModelState
 MODEL_STATE_FAILED: ModelState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "max_tokens", "temperature", "seed", "ignore_eos", "top_k", "top_p", "messages", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "stop", "stop_token_ids", "min_tokens", "logprobs")
+    __slots__ = ("model", "prompt", "max_tokens", "temperature", "seed", "ignore_eos", "top_k", "top_p", "messages", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "stop", "stop_token_ids", "min_tokens", "logprobs", "redaction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +81,7 @@ class GenerateRequest(_message.Message):
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    REDACTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     max_tokens: int
@@ -67,7 +99,54 @@ class GenerateRequest(_message.Message):
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     min_tokens: int
     logprobs: int
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., min_tokens: _Optional[int] = ..., logprobs: _Optional[int] = ...) -> None: ...
+    redaction: RedactionOptions
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., min_tokens: _Optional[int] = ..., logprobs: _Optional[int] = ..., redaction: _Optional[_Union[RedactionOptions, _Mapping]] = ...) -> None: ...
+
+class RedactionOptions(_message.Message):
+    __slots__ = ("input", "output")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    input: InputPolicy
+    output: OutputPolicy
+    def __init__(self, input: _Optional[_Union[InputPolicy, str]] = ..., output: _Optional[_Union[OutputPolicy, str]] = ...) -> None: ...
+
+class EntityCount(_message.Message):
+    __slots__ = ("type", "direction", "count")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    direction: str
+    count: int
+    def __init__(self, type: _Optional[str] = ..., direction: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RedactRequest(_message.Message):
+    __slots__ = ("text", "operator")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    operator: RedactOperator
+    def __init__(self, text: _Optional[str] = ..., operator: _Optional[_Union[RedactOperator, str]] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("type", "start", "end", "score")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    start: int
+    end: int
+    score: float
+    def __init__(self, type: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RedactResponse(_message.Message):
+    __slots__ = ("text", "entities")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    def __init__(self, text: _Optional[str] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -112,20 +191,22 @@ class Timings(_message.Message):
     def __init__(self, queue_ns: _Optional[int] = ..., time_to_first_token_ns: _Optional[int] = ..., decode_ns: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "token_ids", "finish_reason", "usage", "timings", "logprobs")
+    __slots__ = ("text", "token_ids", "finish_reason", "usage", "timings", "logprobs", "redactions")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    REDACTIONS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     logprobs: _containers.RepeatedCompositeFieldContainer[GeneratedTokenLogprobs]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[GeneratedTokenLogprobs, _Mapping]]] = ...) -> None: ...
+    redactions: _containers.RepeatedCompositeFieldContainer[EntityCount]
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[GeneratedTokenLogprobs, _Mapping]]] = ..., redactions: _Optional[_Iterable[_Union[EntityCount, _Mapping]]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "texts", "normalize")

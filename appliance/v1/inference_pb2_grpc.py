@@ -50,6 +50,11 @@ class InferenceStub:
                 request_serializer=appliance_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=appliance_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Redact = channel.unary_unary(
+                '/appliance.v1.Inference/Redact',
+                request_serializer=appliance_dot_v1_dot_inference__pb2.RedactRequest.SerializeToString,
+                response_deserializer=appliance_dot_v1_dot_inference__pb2.RedactResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -78,6 +83,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Redact(self, request, context):
+        """Redact finds personal data in a text and returns it redacted, with the entities found.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=appliance_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=appliance_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Redact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redact,
+                    request_deserializer=appliance_dot_v1_dot_inference__pb2.RedactRequest.FromString,
+                    response_serializer=appliance_dot_v1_dot_inference__pb2.RedactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class Inference:
             '/appliance.v1.Inference/ListModels',
             appliance_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             appliance_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/appliance.v1.Inference/Redact',
+            appliance_dot_v1_dot_inference__pb2.RedactRequest.SerializeToString,
+            appliance_dot_v1_dot_inference__pb2.RedactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,52 @@
+"""The server's redaction stage: policies from config and request, audit records to the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from appliance.errors import ConfigError, NotAllowed
+from appliance.redact import Redactor
+from appliance.redact.request import InputPolicy, OutputPolicy, RequestRedaction
+from appliance.server.config import RedactionConfig
+
+audit_log = logging.getLogger("appliance.audit")
+
+MIN_KEY_BYTES = 16
+
+
+def load_audit_key(path: Optional[Path]) -> bytes:
+    if path is None:
+        return secrets.token_bytes(32)
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"config redaction.audit_key_file: {exc.strerror}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"config redaction.audit_key_file: the secret must hold at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
+class RedactionStage:
+    def __init__(self, config: RedactionConfig):
+        self.config = config
+        self.redactor = Redactor()
+        self.audit_key = load_audit_key(config.audit_key_file)
+
+    def for_request(self, input_policy: Optional[str], output_policy: Optional[str]) -> RequestRedaction:
+        """Policies chosen by the request (None: the server's default), checked against the config."""
+        chosen_input = input_policy or self.config.input
+        chosen_output = output_policy or self.config.output
+        if chosen_input not in self.config.allowed_input:
+            raise NotAllowed(f"redaction.input: {chosen_input!r} is not allowed on this server")
+        if chosen_output not in self.config.allowed_output:
+            raise NotAllowed(f"redaction.output: {chosen_output!r} is not allowed on this server")
+        return RequestRedaction(self.redactor, self.audit_key, InputPolicy(chosen_input), OutputPolicy(chosen_output))
+
+    def audit(self, request_id: str, redaction: RequestRedaction) -> None:
+        """One JSON line per direction that carried PII: types, counts, keyed hashes, never values."""
+        for record in redaction.audit_records(request_id):
+            audit_log.info(json.dumps({"event": "pii", **record.to_dict()}, sort_keys=True))
