@@ -43,6 +43,18 @@ def make_tokenizer(vocab_size: int = 1024):
                                    unk_token="<unk>", pad_token="</s>", chat_template=CHAT_TEMPLATE)
 
 
+def _widen(model):
+    """The default init (std 0.02) gives near-uniform logits; wider weights make greedy paths that
+    actually depend on the numbers, so agreement checks can fail."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.25)
+    return model
+
+
 def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 64, layers: int = 2,
                  heads: int = 4, kv_heads: int = 2, context_length: int = 256, seed: int = 0,
                  intermediate_size: int | None = None, vocab_size: int | None = None) -> Path:
@@ -65,13 +77,7 @@ def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 
         **ARCHITECTURE_EXTRAS.get(architecture, lambda ctx: {})(context_length),
     )
     torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(config)
-    # The default init (std 0.02) gives near-uniform logits; wider weights make greedy paths that
-    # actually depend on the numbers, so agreement checks can fail.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.25)
+    model = _widen(getattr(transformers, model_name)(config))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -86,11 +92,7 @@ def make_gpt2(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int =
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden_size, n_layer=layers, n_head=4, n_positions=256,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.25)
+    model = _widen(GPT2LMHeadModel(config))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

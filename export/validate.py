@@ -84,9 +84,34 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
         free.append(int(np.argmax(step(free[-1], len(prompt) + len(free) - 1))))
         phases.advance()
     prefix = next((i for i, (a, b) in enumerate(zip(free, path)) if a != b), len(path))
+    batched = _batched_greedy(package_dir, manifest, prompt, len(free))
+    same = next((i for i, (a, b) in enumerate(zip(batched, free)) if a != b), len(free))
     return {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),
             "logits_max_abs_diff": max_abs, "logits_rel_diff": max_abs / scale,
-            "greedy_token_agreement": agreement, "greedy_prefix_match": prefix}
+            "greedy_token_agreement": agreement, "greedy_prefix_match": prefix,
+            # Some kernels (e.g. MatMulNBits block 128 with int8 activations) round differently
+            # for several rows than for one, so a request's tokens can change when it is batched.
+            "batched_greedy_match": same, "batch_invariant": same == len(free)}
+
+
+BATCH_CHECK_ROWS = 4
+
+
+def _batched_greedy(package_dir: Path, manifest: Manifest, prompt: list[int], steps: int) -> list[int]:
+    """Greedy tokens of `prompt` decoded in row 0 of a batch whose other rows hold other prompts."""
+    from appliance.engine.runners import open_decoder_runner
+
+    runner = open_decoder_runner(package_dir, manifest, CPU, max_batch=BATCH_CHECK_ROWS)
+    prompts = [prompt] + [[(t + 7 * row) % manifest.vocab_size for t in prompt[: max(1, len(prompt) - row)]]
+                          for row in range(1, BATCH_CHECK_ROWS)]
+    tokens = np.asarray([int(np.argmax(runner.prefill(row, p, 0))) for row, p in enumerate(prompts)])
+    lengths = np.asarray([len(p) for p in prompts])
+    path = [int(tokens[0])]
+    while len(path) < steps:
+        tokens = runner.decode(tokens, lengths).argmax(axis=-1)
+        lengths = lengths + 1
+        path.append(int(tokens[0]))
+    return path
 
 
 def _reference_embeddings(source_dir: Path, manifest: Manifest) -> np.ndarray:

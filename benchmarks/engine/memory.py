@@ -56,9 +56,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "appliance.toml"
         config.write_text(f"[engine]\nmax_batch = {args.max_batch}\nmax_context = {args.max_context}\n")
+        # Serve this package alone: its neighbours would count against its budget.
+        models = Path(tmp) / "models"
+        models.mkdir()
+        (models / package.name).symlink_to(package)
         target = f"127.0.0.1:{free_port()}"
         daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
-                                   "--models", str(package.parent), "--listen", target, "--threads", "2"],
+                                   "--models", str(models), "--listen", target, "--threads", "2"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with ApplianceClient(target) as client:

@@ -25,9 +25,11 @@ def test_every_architecture_exports_at_every_cpu_precision(sources, tmp_path, na
     if manifest.task == "text-generation":
         assert figures["greedy_tokens"] == 32
         assert 0.0 <= figures["greedy_token_agreement"] <= 1.0
+        assert 0 <= figures["batched_greedy_match"] <= 32
         if precision == "fp32":
             assert figures["logits_rel_diff"] < 1e-3
             assert figures["greedy_prefix_match"] == 32
+            assert figures["batch_invariant"] is True
     else:
         assert figures["cosine_mean"] > (0.9999 if precision == "fp32" else 0.9)
     if precision == "fp32":
