@@ -5,7 +5,9 @@
 2. Starts `appliance serve` on loopback and waits until its health check says SERVING.
 3. Streams a generation over gRPC, token by token.
 4. Routes customer questions to support intents by embedding similarity over gRPC.
-5. Stops the daemon with SIGTERM (graceful drain) and checks that it exits cleanly.
+5. Redacts personal data (English and Chinese) in a customer message, and shows what a
+   generation request's model sees when the prompt is pseudonymised.
+6. Stops the daemon with SIGTERM (graceful drain) and checks that it exits cleanly.
 """
 
 from __future__ import annotations
@@ -61,20 +63,20 @@ def free_port() -> int:
 def export_models(models: Path) -> None:
     from export.tiny_models import make_decoder, minilm_dir
 
-    step("1/5 exporting models (appliance-export)")
+    step("1/6 exporting models (appliance-export)")
     print(f"   real encoder: sentence-transformers/all-MiniLM-L6-v2 from {minilm_dir()}")
     run([sys.executable, "-m", "export.cli", str(minilm_dir()), "--output", str(models / "minilm"),
-         "--precision", "int8"])
+         "--precision", "int8", "--overwrite"])
     source = WORK / "sources" / "tiny-llama"
     if not (source / "config.json").is_file():
         make_decoder(source, "llama", hidden_size=256, layers=4, heads=8, kv_heads=2, context_length=1024)
     print("   decoder: Llama architecture, 4 layers, hidden 256, RANDOM weights (no real decoder ships offline)")
     run([sys.executable, "-m", "export.cli", str(source), "--output", str(models / "tiny-llama"),
-         "--precision", "int4", "--block-size", "32"])
+         "--precision", "int4", "--block-size", "32", "--overwrite"])
 
 
 def stream_generation(client) -> None:
-    step("3/5 streaming a generation over gRPC (appliance.v1.Inference/Generate)")
+    step("3/6 streaming a generation over gRPC (appliance.v1.Inference/Generate)")
     print("   The decoder's weights are random, so the text below is gibberish. What is real is the path:")
     print("   tokenizer -> ONNX Runtime int4 graph with a shared KV cache -> sampler -> streamed UTF-8 text.\n")
     print("   > ", end="", flush=True)
@@ -89,7 +91,7 @@ def stream_generation(client) -> None:
 
 
 def route_questions(client) -> None:
-    step("4/5 routing customer questions to support intents (appliance.v1.Inference/Embed, real MiniLM)")
+    step("4/6 routing customer questions to support intents (appliance.v1.Inference/Embed, real MiniLM)")
     print("   (all-MiniLM-L6-v2 is an English model; export a multilingual encoder for Chinese questions)")
     names = list(INTENTS)
     intent_vectors = client.embed("minilm", list(INTENTS.values()))
@@ -98,6 +100,23 @@ def route_questions(client) -> None:
     for question, row in zip(QUESTIONS, scores):
         best = int(np.argmax(row))
         print(f"   {names[best]:15} {row[best]:.2f}  {question}")
+
+
+CUSTOMER_MESSAGE = ("Hi, I'm writing about order A-10293. My name is Alice Smith, email alice.smith@example.com, "
+                    "phone +1 415 555 0132. 我叫王小明，手机13800138000，身份证号11010519491231002X，"
+                    "卡号6222021234567890128 was charged twice.")
+
+
+def redact_message(client) -> None:
+    step("5/6 redacting personal data (appliance.v1.Inference/Redact)")
+    result = client.redact(CUSTOMER_MESSAGE)
+    print(f"   in : {CUSTOMER_MESSAGE}")
+    print(f"   out: {result.text}")
+    print("   found: " + ", ".join(sorted({entity[0] for entity in result.entities})))
+    pseudonyms = client.redact(CUSTOMER_MESSAGE, operator="pseudonymize")
+    print(f"   what a model sees with input policy 'pseudonymize':\n        {pseudonyms.text}")
+    print("   (with output policy 'restore', placeholders in the answer become the caller's values again;")
+    print("    PII the model writes itself is redacted as it streams, never sent even in part)")
 
 
 def main() -> int:
@@ -110,7 +129,7 @@ def main() -> int:
     started = time.perf_counter()
     export_models(models)
 
-    step("2/5 starting the daemon (appliance serve) on loopback")
+    step("2/6 starting the daemon (appliance serve) on loopback")
     target = f"127.0.0.1:{free_port()}"
     log_path = WORK / "daemon.log"
     with log_path.open("w") as log:
@@ -123,8 +142,9 @@ def main() -> int:
                     print(f"   {m.name:11} {m.state:6} {m.task:18} {m.precision} on {m.execution_provider}")
                 stream_generation(client)
                 route_questions(client)
+                redact_message(client)
         finally:
-            step("5/5 stopping the daemon (SIGTERM: NOT_SERVING, drain, exit)")
+            step("6/6 stopping the daemon (SIGTERM: NOT_SERVING, drain, exit)")
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(30)
     print(f"   daemon exited with code {code}; its log is {log_path}")

@@ -66,13 +66,16 @@ _SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁
              "米柏宗瞿桂佟臧闵苟邬卞姬仇栾隋刁沙荣巫寇桑郎甄丛仲虞敖巩佘苑迟邝")
 _COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
                       "司徒", "夏侯", "轩辕", "令狐", "端木", "独孤", "南宫", "西门")
-# Characters that end a name: particles, verbs and words that typically follow one.
-_NAME_STOPS = ("的是了在和与及或今年岁住来自从也都就要会想请电话号码手机邮箱身份证我你他她们吗呢吧啊呀哦嗯说叫先生女士"
-               "小姐老师经理有没不很这那个去到给把被让对订单地址微信账户卡咨询退款问谢")
+# What ends a name: words that typically follow one (titles, "phone", "order" ...), and single
+# characters that are particles or verbs. Words are matched whole, so 小 in 王小明 is part of the
+# name while 小姐 after 王 is a title.
+_NAME_STOP_WORDS = ("先生", "女士", "小姐", "老师", "经理", "电话", "号码", "手机", "邮箱", "身份证", "订单",
+                    "地址", "微信", "账户", "咨询", "退款", "今年", "来自")
+_NAME_STOPS = "的是了在和与及或岁住从也都就要会想请我你他她们吗呢吧啊呀哦嗯说叫有没不很这那个去到给把被让对卡问谢"
 
 _EN_NAME = r"[A-Z][a-z]{1,20}(?:[ \-][A-Z][a-z]{1,20}){0,2}(?![A-Za-z])"
 _ZH_NAME = (rf"(?:{'|'.join(_COMPOUND_SURNAMES)}|[{_SURNAMES}])"
-            rf"(?:(?![{_NAME_STOPS}])[\u4e00-\u9fff]){{1,2}}")
+            rf"(?:(?!{'|'.join(_NAME_STOP_WORDS)})(?![{_NAME_STOPS}])[\u4e00-\u9fff]){{1,2}}")
 
 
 def _variants(trigger: str) -> list[str]:

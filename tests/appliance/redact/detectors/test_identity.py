@@ -56,6 +56,7 @@ def test_ssns_need_consistent_separators(redactor):
     ("I'm called Grace Taylor-Young!", "Grace Taylor-Young"),
     ("Full name: Maria Garcia\n", "Maria Garcia"),
     ("我叫张伟，想咨询退款。", "张伟"),
+    ("我叫王小明，手机13800138000", "王小明"),  # 小 inside a name, not the title 小姐
     ("姓名：欧阳娜娜", "欧阳娜娜"),
     ("收件人：王芳 电话：13800138000", "王芳"),
     ("我的名字是李明今年三十岁", "李明"),
