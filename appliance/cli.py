@@ -12,6 +12,13 @@ from pathlib import Path
 import grpc
 
 
+def _client(args):
+    from appliance.client import ApplianceClient
+
+    roots = args.ca_file.read_bytes() if args.ca_file else None
+    return ApplianceClient(args.target, api_key=args.api_key, root_certificates=roots)
+
+
 def _serve(args) -> int:
     from appliance.errors import ApplianceError, ConfigError
     from appliance.server.app import serve
@@ -39,9 +46,7 @@ def _serve(args) -> int:
 
 
 def _generate(args) -> int:
-    from appliance.client import ApplianceClient
-
-    with ApplianceClient(args.target) as client:
+    with _client(args) as client:
         last = None
         for chunk in client.generate(args.model, args.prompt, max_tokens=args.max_tokens,
                                      temperature=args.temperature, seed=args.seed,
@@ -59,10 +64,8 @@ def _generate(args) -> int:
 
 def _chat(args) -> int:
     """A terminal conversation: each line you type is a user turn; the reply streams back."""
-    from appliance.client import ApplianceClient
-
     history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
-    with ApplianceClient(args.target) as client:
+    with _client(args) as client:
         while True:
             try:
                 line = input("> ")
@@ -83,9 +86,7 @@ def _chat(args) -> int:
 
 
 def _embed(args) -> int:
-    from appliance.client import ApplianceClient
-
-    with ApplianceClient(args.target) as client:
+    with _client(args) as client:
         vectors = client.embed(args.model, args.texts, normalize=not args.raw)
     for text, vector in zip(args.texts, vectors):
         print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}, ensure_ascii=False))
@@ -93,9 +94,7 @@ def _embed(args) -> int:
 
 
 def _models(args) -> int:
-    from appliance.client import ApplianceClient
-
-    with ApplianceClient(args.target) as client:
+    with _client(args) as client:
         for m in client.list_models():
             line = f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} ctx={m.context_length}"
             print(line + (f"  error: {m.error}" if m.error else ""))
@@ -131,6 +130,42 @@ def _redact(args) -> int:
     return 0
 
 
+def _keys(args) -> int:
+    from appliance.server.keys import KeyRights, KeyStore
+
+    store = KeyStore(args.db)
+    if args.action == "add":
+        rights = KeyRights(models=tuple(args.model or ()), requests_per_minute=args.requests_per_minute,
+                           tokens_per_minute=args.tokens_per_minute, max_concurrency=args.max_concurrency,
+                           input_policies=tuple(args.input_policies.split(",")),
+                           output_policies=tuple(args.output_policies.split(",")))
+        key, token = store.add(args.name, rights)
+        print(f"created key {key.id} ({key.name}); it is shown once, store it now:\n{token}")
+    elif args.action == "list":
+        for key in store.list():
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}  {state:8} {key.name:20} models={','.join(key.rights.models) or '*'} "
+                  f"rpm={key.rights.requests_per_minute or '-'} tpm={key.rights.tokens_per_minute or '-'} "
+                  f"concurrency={key.rights.max_concurrency or '-'}")
+    elif not store.revoke(args.key_id):
+        print(f"appliance keys: no active key {args.key_id}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _usage(args) -> int:
+    from appliance.server.usage import COLUMNS, read_usage, usage_csv
+
+    rows = read_usage(args.db, args.since)
+    if args.csv:
+        sys.stdout.write(usage_csv(rows))
+        return 0
+    print("  ".join(f"{c:>17}" if i > 2 else f"{c:12}" for i, c in enumerate(COLUMNS)))
+    for row in rows:
+        print("  ".join(f"{v:>17}" if i > 2 else f"{v:12}" for i, v in enumerate(row)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="ONNX LLM inference appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,9 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-period", type=float, help="seconds running streams get after SIGTERM")
     serve.set_defaults(func=_serve)
 
+    keys = sub.add_parser("keys", help="manage API keys (stored as salted hashes)")
+    keys.add_argument("--db", type=Path, required=True, help="the keys database ([auth] keys_db)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    add = key_actions.add_parser("add", help="create a key and print it once")
+    add.add_argument("name")
+    add.add_argument("--model", action="append", help="model the key may use (repeat); default: all")
+    add.add_argument("--requests-per-minute", type=int, default=0)
+    add.add_argument("--tokens-per-minute", type=int, default=0)
+    add.add_argument("--max-concurrency", type=int, default=0)
+    add.add_argument("--input-policies", default="redact,pseudonymize",
+                     help="redaction input policies the key may use (comma-separated: off,redact,pseudonymize)")
+    add.add_argument("--output-policies", default="redact,restore",
+                     help="redaction output policies the key may use (comma-separated: off,redact,restore)")
+    key_actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=_keys)
+
+    usage = sub.add_parser("usage", help="print metered usage per key, model and day")
+    usage.add_argument("--db", type=Path, required=True, help="the usage database ([server] usage_db)")
+    usage.add_argument("--since", help="first day to include (YYYY-MM-DD)")
+    usage.add_argument("--csv", action="store_true", help="CSV on stdout")
+    usage.set_defaults(func=_usage)
+
     def client_command(name, help_text, func):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the appliance")
+        command.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"),
+                             help="API key (default: $APPLIANCE_API_KEY)")
+        command.add_argument("--ca-file", type=Path, help="PEM CA of the server certificate (turns on TLS)")
         command.set_defaults(func=func)
         return command
 

@@ -55,10 +55,21 @@ class ModelSummary:
 
 
 class ApplianceClient:
-    def __init__(self, target: str, timeout_s: Optional[float] = None):
-        self.channel = grpc.insecure_channel(target)
+    """`api_key` is sent as `authorization: Bearer ...`; `root_certificates` (PEM bytes) turns on
+    TLS, and `client_certificate` / `client_key` (PEM bytes) mutual TLS."""
+
+    def __init__(self, target: str, timeout_s: Optional[float] = None, api_key: Optional[str] = None,
+                 root_certificates: Optional[bytes] = None, client_certificate: Optional[bytes] = None,
+                 client_key: Optional[bytes] = None, server_name: Optional[str] = None):
+        if root_certificates is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def close(self) -> None:
         self.channel.close()
@@ -105,7 +116,7 @@ class ApplianceClient:
             request.redaction.input = pb.InputPolicy.Value(f"INPUT_POLICY_{input_policy.upper()}")
         if output_policy:
             request.redaction.output = pb.OutputPolicy.Value(f"OUTPUT_POLICY_{output_policy.upper()}")
-        call = self.stub.Generate(request, timeout=self.timeout_s)
+        call = self.stub.Generate(request, timeout=self.timeout_s, metadata=self.metadata)
         try:
             for message in call:
                 yield GenerateChunk(
@@ -124,18 +135,20 @@ class ApplianceClient:
             call.cancel()
 
     def embed(self, model: str, texts: list[str], normalize: bool = True) -> np.ndarray:
-        response = self.stub.Embed(pb.EmbedRequest(model=model, texts=texts, normalize=normalize), timeout=self.timeout_s)
+        response = self.stub.Embed(pb.EmbedRequest(model=model, texts=texts, normalize=normalize),
+                                   timeout=self.timeout_s, metadata=self.metadata)
         return np.asarray([list(e.values) for e in response.embeddings], np.float32)
 
     def redact(self, text: str, operator: str = "replace") -> RedactedText:
         """operator: "replace" ([TYPE]), "mask" or "pseudonymize" ([TYPE_n])."""
         value = {"replace": pb.REDACT_OPERATOR_UNSPECIFIED, "mask": pb.REDACT_OPERATOR_MASK,
                  "pseudonymize": pb.REDACT_OPERATOR_PSEUDONYMIZE}[operator]
-        response = self.stub.Redact(pb.RedactRequest(text=text, operator=value), timeout=self.timeout_s)
+        response = self.stub.Redact(pb.RedactRequest(text=text, operator=value), timeout=self.timeout_s,
+                                    metadata=self.metadata)
         return RedactedText(response.text, tuple((e.type, e.start, e.end, e.score) for e in response.entities))
 
     def list_models(self) -> list[ModelSummary]:
-        response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self.metadata)
         return [
             ModelSummary(
                 name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,

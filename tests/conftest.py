@@ -136,3 +136,43 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bo
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+class InProcessDaemon:
+    """The daemon on its own event loop in a thread, so tests can reach inside (registry, stats)."""
+
+    def __init__(self, config):
+        import asyncio
+        import threading
+
+        self.config = config
+        self.target = config.server.listen
+        self._ready = threading.Event()
+        self._failure: list[BaseException] = []
+
+        async def main():
+            from appliance.server.app import Daemon
+
+            try:
+                self.daemon, self.loop = Daemon(config), asyncio.get_running_loop()
+                await self.daemon.start()
+            except BaseException as exc:
+                self._failure.append(exc)
+                raise
+            finally:
+                self._ready.set()
+            await self.daemon._stop.wait()
+            await self.daemon.drain()
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+
+    def __enter__(self) -> "InProcessDaemon":
+        self._thread.start()
+        assert self._ready.wait(120), "the daemon did not start"
+        if self._failure:
+            raise self._failure[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.daemon.request_stop)
+        self._thread.join(60)

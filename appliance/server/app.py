@@ -18,16 +18,29 @@ from grpc_reflection.v1alpha import reflection
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.registry import ModelRegistry
+from appliance.server.auth import Authenticator
 from appliance.server.config import Config
+from appliance.server.keys import KeyStore
+from appliance.server.metrics import Metrics
 from appliance.server.redaction import RedactionStage
 from appliance.server.sd_notify import Notifier
 from appliance.server.service import InferenceService
+from appliance.server.usage import UsageLog
 from appliance.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 DRAIN_POLL_S = 0.05
+
+
+def server_credentials(tls) -> grpc.ServerCredentials | None:
+    """TLS from the config's PEM files; mutual TLS when a client CA is given."""
+    if tls.cert_file is None:
+        return None
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 class Daemon:
@@ -39,8 +52,12 @@ class Daemon:
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context)
+        self.metrics = Metrics()
+        self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None
+        keys = KeyStore(config.auth.keys_db) if config.auth.keys_db else None
         self.service = InferenceService(self.registry, config.server.default_max_tokens,
-                                        RedactionStage(config.redaction))
+                                        RedactionStage(config.redaction), Authenticator(keys), self.metrics,
+                                        self.usage)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()
         inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)
@@ -48,7 +65,11 @@ class Daemon:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(config.server.listen)
+        credentials = server_credentials(config.tls)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(config.server.listen)
+        else:
+            self.port = self.server.add_secure_port(config.server.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.server.listen}")
         self._stop = asyncio.Event()
@@ -61,6 +82,8 @@ class Daemon:
     async def start(self) -> None:
         await self._set_health(False)
         await self.server.start()
+        if self.config.server.metrics_listen:
+            self.metrics.serve(self.config.server.metrics_listen)
         log.info("listening on %s, loading %d model(s)", self.config.server.listen, len(self.registry.names))
         self.notifier.status(f"loading {len(self.registry.names)} model(s)")
         await asyncio.to_thread(self.registry.load_all)
@@ -86,6 +109,8 @@ class Daemon:
             await asyncio.sleep(DRAIN_POLL_S)
         await self.server.stop(grace=0)
         self.registry.close()
+        if self.usage is not None:
+            self.usage.close()
         log.info("stopped")
 
     async def run(self) -> None:

@@ -24,10 +24,16 @@ class ServerConfig(_Section):
     max_queue: int = Field(64, ge=1)
     # Used when a request leaves max_tokens at 0.
     default_max_tokens: int = Field(256, ge=1)
+    # Prometheus metrics endpoint (HOST:PORT); unset: no metrics server.
+    metrics_listen: str | None = None
+    # SQLite file for usage metering (per key, model and day); unset: not metered.
+    usage_db: Path | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
@@ -77,8 +83,36 @@ class RedactionConfig(_Section):
         return self
 
 
+class TLSConfig(_Section):
+    # PEM server certificate and key; both or neither. Without them the port is plaintext.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} does not exist")
+        return self
+
+
+class AuthConfig(_Section):
+    # SQLite file of API keys (`appliance keys add`). Unset: no keys, every caller is anonymous
+    # with every right (loopback development only).
+    keys_db: Path | None = None
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    tls: TLSConfig = TLSConfig()
+    auth: AuthConfig = AuthConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     engine: EngineConfig = EngineConfig()
     redaction: RedactionConfig = RedactionConfig()

@@ -1,14 +1,17 @@
-"""The one place where exceptions become gRPC statuses.
+"""The one place where exceptions become gRPC statuses, and where every call's end is seen.
 
 Handlers raise typed ApplianceErrors; these wrappers abort the call with the mapped status and
-the error's message (which names fields, never prompt text). Anything else is logged with the
-request's method and answered INTERNAL with no detail on the wire.
+the error's message (which names fields, never prompt text). Anything else is logged by class
+and answered INTERNAL with no detail on the wire. Each call carries a CallInfo that the handler
+fills (key, model, tokens); the servicer's `finished(call, status)` meters it, whatever the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 
 import grpc
 
@@ -17,27 +20,44 @@ from appliance.errors import ApplianceError
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class CallInfo:
+    rpc: str
+    key_id: str = ""
+    model: str = ""  # set only once the model is known to be served (bounded label values)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ApplianceError):
         return getattr(grpc.StatusCode, exc.status_name), str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception):
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> grpc.StatusCode:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         # The class only: an exception's text may quote its input.
         log.error("%s failed: %s", method, exc.__class__.__name__, exc_info=not isinstance(exc, ApplianceError))
-    await context.abort(code, message)
+    return code, message
 
 
 def unary_errors(handler):
     @functools.wraps(handler)
     async def wrapper(self, request, context):
+        call = CallInfo(handler.__name__)
         try:
-            return await handler(self, request, context)
+            response = await handler(self, request, context, call)
+        except asyncio.CancelledError:
+            self.finished(call, grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
-            await _abort(context, handler.__name__, exc)
+            code, message = await _abort(context, handler.__name__, exc)
+            self.finished(call, code)
+            await context.abort(code, message)
+        self.finished(call, grpc.StatusCode.OK)
+        return response
 
     return wrapper
 
@@ -45,10 +65,18 @@ def unary_errors(handler):
 def stream_errors(handler):
     @functools.wraps(handler)
     async def wrapper(self, request, context):
+        call = CallInfo(handler.__name__)
         try:
-            async for message in handler(self, request, context):
+            async for message in handler(self, request, context, call):
                 yield message
+        except (asyncio.CancelledError, GeneratorExit):
+            # A client that goes away cancels the task or closes this generator.
+            self.finished(call, grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
-            await _abort(context, handler.__name__, exc)
+            code, message = await _abort(context, handler.__name__, exc)
+            self.finished(call, code)
+            await context.abort(code, message)
+        self.finished(call, grpc.StatusCode.OK)
 
     return wrapper

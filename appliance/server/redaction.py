@@ -12,6 +12,7 @@ from appliance.errors import ConfigError, NotAllowed
 from appliance.redact import Redactor
 from appliance.redact.request import InputPolicy, OutputPolicy, RequestRedaction
 from appliance.server.config import RedactionConfig
+from appliance.server.keys import KeyRights
 
 audit_log = logging.getLogger("appliance.audit")
 
@@ -36,14 +37,20 @@ class RedactionStage:
         self.redactor = Redactor()
         self.audit_key = load_audit_key(config.audit_key_file)
 
-    def for_request(self, input_policy: Optional[str], output_policy: Optional[str]) -> RequestRedaction:
-        """Policies chosen by the request (None: the server's default), checked against the config."""
+    def for_request(self, input_policy: Optional[str], output_policy: Optional[str],
+                    rights: Optional[KeyRights] = None) -> RequestRedaction:
+        """Policies chosen by the request (None: the server's default), checked against what both
+        the server and the caller's key allow."""
         chosen_input = input_policy or self.config.input
         chosen_output = output_policy or self.config.output
         if chosen_input not in self.config.allowed_input:
             raise NotAllowed(f"redaction.input: {chosen_input!r} is not allowed on this server")
         if chosen_output not in self.config.allowed_output:
             raise NotAllowed(f"redaction.output: {chosen_output!r} is not allowed on this server")
+        if rights is not None and chosen_input not in rights.input_policies:
+            raise NotAllowed(f"redaction.input: this key may not use {chosen_input!r}")
+        if rights is not None and chosen_output not in rights.output_policies:
+            raise NotAllowed(f"redaction.output: this key may not use {chosen_output!r}")
         return RequestRedaction(self.redactor, self.audit_key, InputPolicy(chosen_input), OutputPolicy(chosen_output))
 
     def audit(self, request_id: str, redaction: RequestRedaction) -> None:

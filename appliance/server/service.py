@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Optional
 
 import grpc
 
@@ -13,8 +14,11 @@ from appliance.engine.chat import ChatMessage
 from appliance.errors import Draining, InvalidRequest, WrongTask
 from appliance.registry import ModelRegistry
 from appliance.server import convert
-from appliance.server.errors import stream_errors, unary_errors
+from appliance.server.auth import Authenticator
+from appliance.server.errors import CallInfo, stream_errors, unary_errors
+from appliance.server.metrics import Metrics
 from appliance.server.redaction import RedactionStage
+from appliance.server.usage import UsageEvent, UsageLog
 from appliance.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,10 +31,14 @@ def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, default_max_tokens: int, redaction: RedactionStage):
+    def __init__(self, registry: ModelRegistry, default_max_tokens: int, redaction: RedactionStage,
+                 auth: Authenticator, metrics: Metrics, usage: Optional[UsageLog] = None):
         self.registry = registry
         self.default_max_tokens = default_max_tokens
         self.redaction = redaction
+        self.auth = auth
+        self.metrics = metrics
+        self.usage = usage
         self.draining = False
         self.active_streams = 0
 
@@ -38,17 +46,34 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         if self.draining:
             raise Draining("the server is draining; retry on another appliance")
 
+    def _served(self, call: CallInfo, key, name: str, task_attr: str, needs: str):
+        """The ready model `name` for this key, with the component the RPC needs."""
+        self.auth.check_model(key, convert.require_model(name))
+        model = self.registry.get(name)
+        call.model = model.name
+        if getattr(model, task_attr) is None:
+            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; this call needs {needs}")
+        return model
+
+    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
+        """Meters every call's end: metrics by status, usage per key, model and day."""
+        self.metrics.requests.labels(call.rpc, call.model or "-", status.name).inc()
+        if self.usage is not None and call.key_id and call.model:
+            self.usage.record(UsageEvent(call.key_id, call.model, call.prompt_tokens, call.completion_tokens,
+                                         cancelled=status is grpc.StatusCode.CANCELLED,
+                                         rejected=status not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)))
+
     @stream_errors
-    async def Generate(self, request, context: grpc.aio.ServicerContext):
+    async def Generate(self, request, context: grpc.aio.ServicerContext, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
         self._check_admitting()
-        model = self.registry.get(convert.require_model(request.model))
-        if model.engine is None:
-            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Generate needs text-generation")
+        model = self._served(call, key, request.model, "engine", "text-generation")
         messages = convert.chat_messages(request)
         params = convert.generate_params(request, self.default_max_tokens)
         if messages is not None and model.chat is None:
             raise InvalidRequest("messages", f"model {model.name!r} has no chat template; send a prompt")
-        redaction = self.redaction.for_request(*convert.redaction_policies(request))
+        redaction = self.redaction.for_request(*convert.redaction_policies(request), key.rights)
         # Where PII is caught on the way in: each message (or the prompt) before templating, so
         # the template's own markup is never mistaken for data.
         if messages is not None:
@@ -57,37 +82,70 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             prompt = redaction.prompt(request.prompt)
         engine = model.engine
         prompt_ids = await asyncio.to_thread(engine.tokenize, prompt)
+        call.prompt_tokens = len(prompt_ids)
+        lease = self.auth.admit(key)
         request_id = uuid.uuid4().hex
         self.active_streams += 1
         try:
             async for event in engine.generate(prompt_ids, params, _deadline_ns(context)):
+                call.completion_tokens += len(event.token_ids)
                 # ... and on the way out: every streamed delta passes the output stage.
                 text = redaction.output(event.text)
                 if event.finish_reason is None:
                     yield convert.generate_response(event, text, redaction.hides_tokens)
                     continue
+                call.completion_tokens = event.completion_tokens
                 text += redaction.finish()
+                self._observe_generation(model.name, event, redaction)
                 self.redaction.audit(request_id, redaction)
                 yield convert.generate_response(event, text, redaction.hides_tokens, redaction.counts())
         finally:
             self.active_streams -= 1
+            lease.release(call.prompt_tokens + call.completion_tokens)
+            self.metrics.observe_engine(model.name, engine.stats())
+
+    def _observe_generation(self, model: str, event, redaction) -> None:
+        timings, metrics = event.timings, self.metrics
+        metrics.tokens.labels(model, "prompt").inc(event.prompt_tokens)
+        metrics.tokens.labels(model, "completion").inc(event.completion_tokens)
+        if timings is not None:
+            metrics.queue_time.labels(model).observe(timings.queue_ns / 1e9)
+            if timings.first_token_ns:
+                metrics.time_to_first_token.labels(model).observe(timings.time_to_first_token_ns / 1e9)
+            if event.completion_tokens > 1:
+                metrics.inter_token.labels(model).observe(timings.decode_ns / 1e9 / (event.completion_tokens - 1))
+        for (direction, entity_type), count in redaction.counts().items():
+            metrics.pii.labels(entity_type, direction).inc(count)
 
     @unary_errors
-    async def Embed(self, request, context):
+    async def Embed(self, request, context, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
         self._check_admitting()
-        model = self.registry.get(convert.require_model(request.model))
-        if model.embedder is None:
-            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Embed needs feature-extraction")
-        vectors, tokens = await asyncio.to_thread(model.embedder.embed, convert.embed_texts(request), request.normalize)
-        return convert.embed_response(vectors, tokens)
+        model = self._served(call, key, request.model, "embedder", "feature-extraction")
+        lease = self.auth.admit(key)
+        try:
+            vectors, call.prompt_tokens = await asyncio.to_thread(model.embedder.embed, convert.embed_texts(request),
+                                                                  request.normalize)
+        finally:
+            lease.release(call.prompt_tokens)
+        self.metrics.tokens.labels(model.name, "prompt").inc(call.prompt_tokens)
+        return convert.embed_response(vectors, call.prompt_tokens)
 
     @unary_errors
-    async def Redact(self, request, context):
+    async def Redact(self, request, context, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
         self._check_admitting()
         text, operator = convert.redact_request(request)
         result = await asyncio.to_thread(self.redaction.redactor.redact, text, operator=operator)
+        for entity in result.entities:
+            self.metrics.pii.labels(entity.type, "redact").inc()
         return convert.redact_response(result)
 
     @unary_errors
-    async def ListModels(self, request, context):
-        return convert.list_models_response(self.registry.entries())
+    async def ListModels(self, request, context, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
+        visible = [m for m in self.registry.entries() if key.rights.allows_model(m.name)]
+        return convert.list_models_response(visible)

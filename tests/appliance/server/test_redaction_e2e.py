@@ -5,10 +5,8 @@ that "generates" a fixed text through the real tokenizer, engine, detokenizer an
 PII arrives split across many tokens, exactly as a real model's would.
 """
 
-import asyncio
 import logging
 import shutil
-import threading
 
 import grpc
 import numpy as np
@@ -18,9 +16,8 @@ from tokenizers import Tokenizer
 from appliance.client import ApplianceClient
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.scheduler import SchedulerConfig
-from appliance.server.app import Daemon
 from appliance.server.config import load_config
-from tests.conftest import free_port
+from tests.conftest import InProcessDaemon, free_port
 
 EMAIL, CARD, CN_ID = "alice.smith@example.com", "4111 1111 1111 1111", "11010519491231002X"
 RAW_VALUES = (EMAIL, CARD, CN_ID, "4111111111111111")
@@ -57,27 +54,13 @@ class ScriptedRunner:
 def daemon(models_dir, tmp_path_factory):
     served = tmp_path_factory.mktemp("redaction-models")
     shutil.copytree(models_dir / "llama", served / "llama")
-    target = f"127.0.0.1:{free_port()}"
     config = load_config(None, {
-        "server": {"models": served, "listen": target},
+        "server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
         "redaction": {"input": "pseudonymize", "output": "redact", "allowed_input": ("redact", "pseudonymize"),
                       "allowed_output": ("redact", "restore")},
     })
-    holder, ready = {}, threading.Event()
-
-    async def main():
-        holder["daemon"], holder["loop"] = Daemon(config), asyncio.get_running_loop()
-        await holder["daemon"].start()
-        ready.set()
-        await holder["daemon"]._stop.wait()
-        await holder["daemon"].drain()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()))
-    thread.start()
-    assert ready.wait(120)
-    yield holder["daemon"], target
-    holder["loop"].call_soon_threadsafe(holder["daemon"].request_stop)
-    thread.join(60)
+    with InProcessDaemon(config) as running:
+        yield running.daemon, running.target
 
 
 def script_model(daemon_and_target, models_dir, text):

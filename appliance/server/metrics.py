@@ -1,0 +1,36 @@
+"""Prometheus metrics, served on their own port. Labels carry model, RPC, status, entity type and
+direction only: never prompt text, key secrets or detected values."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("appliance_requests", "RPCs finished, by status", ["rpc", "model", "status"], registry=r)
+        self.time_to_first_token = Histogram("appliance_time_to_first_token_seconds", "Arrival to first token",
+                                             ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("appliance_inter_token_seconds", "Mean gap between streamed tokens, per request",
+                                     ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("appliance_queue_seconds", "Arrival to the start of prefill", ["model"],
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("appliance_tokens", "Tokens read and generated", ["model", "kind"], registry=r)
+        self.batch_size = Gauge("appliance_batch_size", "Sequences in the decode batch", ["model"], registry=r)
+        self.kv_slots = Gauge("appliance_kv_slots_in_use", "KV cache rows held by requests", ["model"], registry=r)
+        self.waiting = Gauge("appliance_queue_depth", "Requests waiting for a KV row", ["model"], registry=r)
+        self.pii = Counter("appliance_pii_entities", "Personal-data entities redacted", ["type", "direction"],
+                           registry=r)
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host, registry=self.registry)
+
+    def observe_engine(self, model: str, stats) -> None:
+        self.batch_size.labels(model).set(stats.running)
+        self.kv_slots.labels(model).set(stats.running + stats.prefilling)
+        self.waiting.labels(model).set(stats.waiting)
