@@ -29,6 +29,9 @@ def _serve(args) -> int:
         "runtime": {"providers": args.providers.split(",") if args.providers else None,
                     "intra_op_threads": args.threads},
     }
+    from appliance.server.logs import configure_json_logging
+
+    configure_json_logging()
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -90,6 +93,16 @@ def _embed(args) -> int:
         vectors = client.embed(args.model, args.texts, normalize=not args.raw)
     for text, vector in zip(args.texts, vectors):
         print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}, ensure_ascii=False))
+    return 0
+
+
+def _classify(args) -> int:
+    labels = dict(label.split("=", 1) if "=" in label else (label, "") for label in args.label or ())
+    with _client(args) as client:
+        results = client.classify(args.model, args.texts, labels or None, top_k=args.top_k)
+    for text, ranked in zip(args.texts, results):
+        print(json.dumps({"text": text, "labels": [{"label": n, "score": round(s, 4)} for n, s in ranked]},
+                         ensure_ascii=False))
     return 0
 
 
@@ -232,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", required=True)
     embed.add_argument("--raw", action="store_true", help="do not normalise to unit length")
     embed.add_argument("texts", nargs="+")
+
+    classify = client_command("classify", "label texts (a classifier, or zero-shot with an embedding model)",
+                              _classify)
+    classify.add_argument("--model", required=True)
+    classify.add_argument("--label", action="append",
+                          help="zero-shot label as NAME=DESCRIPTION (repeat); not for text-classification models")
+    classify.add_argument("--top-k", type=int, default=0)
+    classify.add_argument("texts", nargs="+")
 
     client_command("models", "list served models", _models)
 

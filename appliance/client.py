@@ -54,6 +54,13 @@ class ModelSummary:
     execution_provider: str
 
 
+def _summary(m) -> ModelSummary:
+    return ModelSummary(name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,
+                        context_length=m.context_length,
+                        state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
+                        error=m.error, execution_provider=m.execution_provider)
+
+
 class ApplianceClient:
     """`api_key` is sent as `authorization: Bearer ...`; `root_certificates` (PEM bytes) turns on
     TLS, and `client_certificate` / `client_key` (PEM bytes) mutual TLS."""
@@ -147,16 +154,22 @@ class ApplianceClient:
                                     metadata=self.metadata)
         return RedactedText(response.text, tuple((e.type, e.start, e.end, e.score) for e in response.entities))
 
+    def classify(self, model: str, texts: list[str], labels: Optional[dict[str, str]] = None,
+                 top_k: int = 0) -> list[list[tuple[str, float]]]:
+        """Per text, (label, score) best first. `labels` ({name: description}) makes an embedding
+        package classify zero-shot; a text-classification package uses its own labels."""
+        request = pb.ClassifyRequest(model=model, texts=texts, top_k=top_k, labels=[
+            pb.Label(name=name, description=description) for name, description in (labels or {}).items()])
+        response = self.stub.Classify(request, timeout=self.timeout_s, metadata=self.metadata)
+        return [[(s.label, s.score) for s in result.labels] for result in response.results]
+
+    def get_model(self, name: str) -> ModelSummary:
+        response = self.stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout_s, metadata=self.metadata)
+        return _summary(response.model)
+
     def list_models(self) -> list[ModelSummary]:
         response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self.metadata)
-        return [
-            ModelSummary(
-                name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,
-                context_length=m.context_length, state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
-                error=m.error, execution_provider=m.execution_provider,
-            )
-            for m in response.models
-        ]
+        return [_summary(m) for m in response.models]
 
     def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING' or 'SERVICE_UNKNOWN'."""

@@ -80,10 +80,16 @@ class ModelRegistry:
     def entries(self) -> list[ServedModel]:
         return [self._models[name] for name in self.names]
 
-    def get(self, name: str) -> ServedModel:
+    def lookup(self, name: str) -> ServedModel:
+        """The package served under `name`, in whatever state it is."""
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(name)
+        return model
+
+    def get(self, name: str) -> ServedModel:
+        """The package served under `name`, ready to take requests."""
+        model = self.lookup(name)
         if model.state is not ModelState.READY:
             detail = f": {model.error}" if model.error else ""
             raise ModelNotReady(f"model {name!r} is {model.state.value}{detail}")

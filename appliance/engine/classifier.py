@@ -43,3 +43,32 @@ class Classifier:
             order = np.argsort(-row)
             ranked.append([(self.labels[i], float(row[i])) for i in order])
         return ranked
+
+
+MIN_ZERO_SHOT_LABELS = 2
+MAX_LABELS = 256
+
+
+def zero_shot(embedder, texts: list[str], labels: list[tuple[str, str]]) -> tuple[list[list[tuple[str, float]]], int]:
+    """Labels texts by cosine similarity of their embeddings to each label's description.
+
+    labels: (name, description) pairs; an empty description uses the name. Returns per text every
+    label with its cosine similarity, best first, and the tokens read.
+    """
+    from appliance.errors import InvalidRequest
+
+    if len(labels) < MIN_ZERO_SHOT_LABELS:
+        raise InvalidRequest("labels", f"zero-shot classification needs at least {MIN_ZERO_SHOT_LABELS} labels")
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest("labels", f"holds {len(labels)} labels; at most {MAX_LABELS}")
+    for index, (name, _) in enumerate(labels):
+        if not name:
+            raise InvalidRequest(f"labels[{index}].name", "must not be empty")
+    text_vectors, text_tokens = embedder.embed(texts, normalize=True)  # [T, D]
+    label_vectors, label_tokens = embedder.embed([d or n for n, d in labels], normalize=True)  # [L, D]
+    scores = text_vectors @ label_vectors.T  # [T, L] cosine similarities
+    ranked = []
+    for row in scores:
+        order = np.argsort(-row, kind="stable")
+        ranked.append([(labels[i][0], float(row[i])) for i in order])
+    return ranked, text_tokens + label_tokens

@@ -121,6 +121,21 @@ def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
     return response
 
 
+def classify_request(request: pb.ClassifyRequest) -> tuple[list[str], list[tuple[str, str]], int]:
+    """(texts, zero-shot labels as (name, description), top_k) of a ClassifyRequest."""
+    return list(request.texts), [(label.name, label.description) for label in request.labels], request.top_k
+
+
+def classify_response(ranked: list[list[tuple[str, float]]], top_k: int, prompt_tokens: int) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(prompt_tokens=prompt_tokens, results=[
+        pb.Classification(labels=[pb.LabelScore(label=name, score=score) for name, score in row[: top_k or None]])
+        for row in ranked])
+
+
+def get_model_response(model: ServedModel) -> pb.GetModelResponse:
+    return pb.GetModelResponse(model=model_info(model))
+
+
 def embed_texts(request: pb.EmbedRequest) -> list[str]:
     return list(request.texts)
 

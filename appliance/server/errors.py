@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class CallInfo:
     rpc: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     key_id: str = ""
     model: str = ""  # set only once the model is known to be served (bounded label values)
     prompt_tokens: int = 0

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-import uuid
 from typing import Optional
 
 import grpc
 
 from appliance.engine.chat import ChatMessage
+from appliance.engine.classifier import zero_shot
 from appliance.errors import Draining, InvalidRequest, WrongTask
 from appliance.registry import ModelRegistry
 from appliance.server import convert
@@ -22,6 +23,13 @@ from appliance.server.usage import UsageEvent, UsageLog
 from appliance.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("appliance.access")
+
+
+def _with_tokens(classify, encode, texts):
+    """A classifier's ranking and the tokens it read."""
+    _, mask = encode(texts)
+    return classify(texts), int(mask.sum())
 
 
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
@@ -56,7 +64,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         return model
 
     def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
-        """Meters every call's end: metrics by status, usage per key, model and day."""
+        """Meters every call's end: an access log line, metrics by status, usage per key, model, day."""
+        access_log.info("rpc finished", extra={"fields": {
+            "request_id": call.request_id, "rpc": call.rpc, "model": call.model, "key_id": call.key_id,
+            "status": status.name, "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens}})
         self.metrics.requests.labels(call.rpc, call.model or "-", status.name).inc()
         if self.usage is not None and call.key_id and call.model:
             self.usage.record(UsageEvent(call.key_id, call.model, call.prompt_tokens, call.completion_tokens,
@@ -84,7 +95,6 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         prompt_ids = await asyncio.to_thread(engine.tokenize, prompt)
         call.prompt_tokens = len(prompt_ids)
         lease = self.auth.admit(key)
-        request_id = uuid.uuid4().hex
         self.active_streams += 1
         try:
             async for event in engine.generate(prompt_ids, params, _deadline_ns(context)):
@@ -97,7 +107,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 call.completion_tokens = event.completion_tokens
                 text += redaction.finish()
                 self._observe_generation(model.name, event, redaction)
-                self.redaction.audit(request_id, redaction)
+                self.redaction.audit(call.request_id, redaction)
                 yield convert.generate_response(event, text, redaction.hides_tokens, redaction.counts())
         finally:
             self.active_streams -= 1
@@ -131,6 +141,38 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             lease.release(call.prompt_tokens)
         self.metrics.tokens.labels(model.name, "prompt").inc(call.prompt_tokens)
         return convert.embed_response(vectors, call.prompt_tokens)
+
+    @unary_errors
+    async def Classify(self, request, context, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
+        self._check_admitting()
+        self.auth.check_model(key, convert.require_model(request.model))
+        model = self.registry.get(request.model)
+        call.model = model.name
+        texts, labels, top_k = convert.classify_request(request)
+        if model.classifier is not None and not model.classifier.per_token:
+            if labels:
+                raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
+            work = functools.partial(_with_tokens, model.classifier.classify, model.classifier.encode, texts)
+        elif model.embedder is not None:
+            work = functools.partial(zero_shot, model.embedder, texts, labels)
+        else:
+            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
+                            "text-classification, or feature-extraction with labels")
+        lease = self.auth.admit(key)
+        try:
+            ranked, call.prompt_tokens = await asyncio.to_thread(work)
+        finally:
+            lease.release(call.prompt_tokens)
+        return convert.classify_response(ranked, top_k, call.prompt_tokens)
+
+    @unary_errors
+    async def GetModel(self, request, context, call: CallInfo):
+        key = self.auth.identify(context)
+        call.key_id = key.id
+        self.auth.check_model(key, convert.require_model(request.name))
+        return convert.get_model_response(self.registry.lookup(request.name))
 
     @unary_errors
     async def Redact(self, request, context, call: CallInfo):

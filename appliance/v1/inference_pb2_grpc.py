@@ -55,6 +55,16 @@ class InferenceStub:
                 request_serializer=appliance_dot_v1_dot_inference__pb2.RedactRequest.SerializeToString,
                 response_deserializer=appliance_dot_v1_dot_inference__pb2.RedactResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/appliance.v1.Inference/Classify',
+                request_serializer=appliance_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=appliance_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/appliance.v1.Inference/GetModel',
+                request_serializer=appliance_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=appliance_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -90,6 +100,21 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Classify labels texts: with a text-classification package's own labels, or zero-shot with an
+        embedding package by similarity to label descriptions (e.g. routing support requests).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """GetModel describes one served package.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +137,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Redact,
                     request_deserializer=appliance_dot_v1_dot_inference__pb2.RedactRequest.FromString,
                     response_serializer=appliance_dot_v1_dot_inference__pb2.RedactResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=appliance_dot_v1_dot_inference__pb2.ClassifyRequest.FromString,
+                    response_serializer=appliance_dot_v1_dot_inference__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=appliance_dot_v1_dot_inference__pb2.GetModelRequest.FromString,
+                    response_serializer=appliance_dot_v1_dot_inference__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +258,60 @@ class Inference:
             '/appliance.v1.Inference/Redact',
             appliance_dot_v1_dot_inference__pb2.RedactRequest.SerializeToString,
             appliance_dot_v1_dot_inference__pb2.RedactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/appliance.v1.Inference/Classify',
+            appliance_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
+            appliance_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/appliance.v1.Inference/GetModel',
+            appliance_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+            appliance_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

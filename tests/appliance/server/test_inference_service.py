@@ -188,3 +188,41 @@ def test_concurrent_streams_are_batched_and_each_gets_its_own_tokens(client, dae
         together = list(pool.map(stream, prompts))
     assert together == alone
 
+
+
+def test_classify_zero_shot_routes_support_questions(client):
+    labels = {"delivery": "where is my parcel, shipping and tracking", "refund": "money back for a purchase",
+              "account": "password reset and login problems"}
+    results = client.classify("minilm", ["My package never arrived", "I want a refund for the shoes",
+                                         "I cannot log in to my account"], labels)
+    assert [ranked[0][0] for ranked in results] == ["delivery", "refund", "account"]
+    assert all(len(ranked) == 3 and ranked[0][1] >= ranked[1][1] for ranked in results)
+    top1 = client.classify("minilm", ["My package never arrived"], labels, top_k=1)
+    assert len(top1[0]) == 1 and top1[0][0][0] == "delivery"
+
+
+def test_classify_with_a_classifier_package_uses_its_labels(client):
+    results = client.classify("intents", ["refund please", "where is it"])
+    assert all(sorted(n for n, _ in ranked) == ["account", "delivery", "refund"] for ranked in results)
+    assert all(abs(sum(s for _, s in ranked) - 1.0) < 1e-4 for ranked in results)
+
+
+@pytest.mark.parametrize("model,labels,field,code", [
+    ("intents", {"a": "", "b": ""}, "labels", grpc.StatusCode.INVALID_ARGUMENT),
+    ("minilm", {"only": "one"}, "labels", grpc.StatusCode.INVALID_ARGUMENT),
+    ("llama", {"a": "", "b": ""}, None, grpc.StatusCode.FAILED_PRECONDITION),
+])
+def test_classify_refuses_what_does_not_fit(client, model, labels, field, code):
+    with pytest.raises(grpc.RpcError) as info:
+        client.classify(model, ["text"], labels)
+    assert info.value.code() == code
+    if field:
+        assert info.value.details().startswith(field + ":")
+
+
+def test_get_model_describes_one_package(client):
+    summary = client.get_model("minilm")
+    assert summary.task == "feature-extraction" and summary.state == "ready" and summary.precision == "int8"
+    with pytest.raises(grpc.RpcError) as info:
+        client.get_model("ghost")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

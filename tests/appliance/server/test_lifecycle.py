@@ -190,3 +190,23 @@ def test_example_config_is_valid():
 
     config = load_config(REPO / "systemd" / "appliance.toml")
     assert config.server.listen == "0.0.0.0:50051" and config.runtime.providers == ("cuda", "cpu")
+
+
+def test_daemon_logs_are_json_lines_with_request_ids_and_no_prompt_text(models_dir):
+    import json
+
+    from appliance.client import ApplianceClient
+
+    daemon = DaemonProcess(models_dir).wait_serving()
+    secret_prompt = "my card is 4111 1111 1111 1111 and mail bob@example.org"
+    with ApplianceClient(daemon.target) as client:
+        list(client.generate("llama", secret_prompt, max_tokens=3, ignore_eos=True))
+        with pytest.raises(grpc.RpcError):
+            list(client.generate("llama", secret_prompt, temperature=-3))
+    assert daemon.stop() == 0
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "appliance.access" and line["rpc"] == "Generate"]
+    assert {line["status"] for line in access} >= {"OK", "INVALID_ARGUMENT"}
+    assert all(len(line["request_id"]) == 32 for line in access)
+    text = daemon.log()
+    assert "4111" not in text and "bob@example.org" not in text and "my card" not in text
