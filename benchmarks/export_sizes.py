@@ -53,10 +53,11 @@ def main() -> int:
         summary = json.loads(done.stdout)
         rows.append((label, elapsed, summary["timings"], summary["package_bytes"], summary["validation"]))
     print("SmolLM-135M architecture (random weights), appliance-export on this host:")
-    print(f"{'recipe':16} {'total s':>8} {'export s':>9} {'validate s':>11} {'package MB':>11} {'greedy agreement':>17}")
+    print(f"{'recipe':16} {'total s':>8} {'export s':>9} {'validate s':>11} {'package MB':>11} "
+          f"{'greedy agreement':>17} {'batch invariant':>16}")
     for label, elapsed, timings, size, figures in rows:
         print(f"{label:16} {elapsed:8.1f} {timings['export']:9.1f} {timings['validate']:11.1f} {size / 1e6:11.1f} "
-              f"{figures['greedy_token_agreement']:17.2f}")
+              f"{figures['greedy_token_agreement']:17.2f} {str(figures['batch_invariant']):>16}")
     return 0
 
 
