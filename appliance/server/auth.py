@@ -43,6 +43,10 @@ class TokenBucket:
             return True
         return False
 
+    def has_credit(self) -> bool:
+        self.take(0)  # refill first
+        return self.tokens > 0
+
     def charge(self, amount: float) -> None:
         """Takes tokens already spent (may go negative: the next requests wait for the refill)."""
         self.take(0)
@@ -98,8 +102,8 @@ class Authenticator:
             if rights.requests_per_minute and not self._bucket(self._request_buckets, key.id,
                                                                rights.requests_per_minute).take(1):
                 raise QueueFull(f"this key's rate of {rights.requests_per_minute} requests per minute is spent")
-            if rights.tokens_per_minute and self._bucket(self._token_buckets, key.id,
-                                                         rights.tokens_per_minute).tokens <= 0:
+            if rights.tokens_per_minute and not self._bucket(self._token_buckets, key.id,
+                                                             rights.tokens_per_minute).has_credit():
                 raise QueueFull(f"this key's quota of {rights.tokens_per_minute} tokens per minute is spent")
             self._active[key.id] += 1
         return Lease(self, key)

@@ -37,7 +37,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> grpc.StatusCode:
+def _describe(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         # The class only: an exception's text may quote its input.
@@ -55,7 +55,7 @@ def unary_errors(handler):
             self.finished(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            code, message = await _abort(context, handler.__name__, exc)
+            code, message = _describe(handler.__name__, exc)
             self.finished(call, code)
             await context.abort(code, message)
         self.finished(call, grpc.StatusCode.OK)
@@ -76,7 +76,7 @@ def stream_errors(handler):
             self.finished(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            code, message = await _abort(context, handler.__name__, exc)
+            code, message = _describe(handler.__name__, exc)
             self.finished(call, code)
             await context.abort(code, message)
         self.finished(call, grpc.StatusCode.OK)

@@ -20,6 +20,8 @@ from typing import Optional
 
 PREFIX = "apk_"
 CACHE_S = 5.0
+# Bounds the verification cache: a stream of made-up tokens must not grow memory without end.
+CACHE_ENTRIES = 4096
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
 _SCHEMA = """
@@ -115,6 +117,8 @@ class KeyStore:
         parsed = _parse(token)
         key = self._check(*parsed) if parsed else None
         with self._lock:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
             self._cache[digest] = (now, key)
         return key
 

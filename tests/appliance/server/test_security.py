@@ -292,3 +292,24 @@ def test_tls_config_names_a_missing_file(tmp_path):
 
     with pytest.raises(ConfigError, match="tls"):
         load_config(None, {"tls": {"cert_file": tmp_path / "nope.pem", "key_file": tmp_path / "nope.key"}})
+
+
+def test_token_quota_is_charged_after_the_request_and_refuses_the_next():
+    from appliance.errors import QueueFull
+    from appliance.server.auth import Authenticator
+    from appliance.server.keys import ApiKey
+
+    auth = Authenticator(store=None)
+    key = ApiKey("k", "k", KeyRights(tokens_per_minute=100))
+    auth.admit(key).release(tokens_used=150)  # the quota may be overrun by the request that spends it
+    with pytest.raises(QueueFull, match="tokens per minute"):
+        auth.admit(key)
+
+
+def test_the_key_cache_stays_bounded(tmp_path):
+    from appliance.server import keys as keys_module
+
+    store = KeyStore(tmp_path / "keys.db")
+    for i in range(keys_module.CACHE_ENTRIES + 10):
+        assert store.verify(f"garbage-{i}") is None
+    assert len(store._cache) <= keys_module.CACHE_ENTRIES
