@@ -50,9 +50,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self.draining = False
         self.active_streams = 0
 
-    def _check_admitting(self) -> None:
-        if self.draining:
+    def _caller(self, context: grpc.aio.ServicerContext, call: CallInfo, admitting: bool = True):
+        """The caller's key (UNAUTHENTICATED without a valid one); refuses new work while draining."""
+        key = self.auth.identify(context)
+        call.key_id = key.id
+        if admitting and self.draining:
             raise Draining("the server is draining; retry on another appliance")
+        return key
 
     def _served(self, call: CallInfo, key, name: str, task_attr: str, needs: str):
         """The ready model `name` for this key, with the component the RPC needs."""
@@ -76,9 +80,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @stream_errors
     async def Generate(self, request, context: grpc.aio.ServicerContext, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
-        self._check_admitting()
+        key = self._caller(context, call)
         model = self._served(call, key, request.model, "engine", "text-generation")
         messages = convert.chat_messages(request)
         params = convert.generate_params(request, self.default_max_tokens)
@@ -129,9 +131,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @unary_errors
     async def Embed(self, request, context, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
-        self._check_admitting()
+        key = self._caller(context, call)
         model = self._served(call, key, request.model, "embedder", "feature-extraction")
         lease = self.auth.admit(key)
         try:
@@ -144,9 +144,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @unary_errors
     async def Classify(self, request, context, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
-        self._check_admitting()
+        key = self._caller(context, call)
         self.auth.check_model(key, convert.require_model(request.model))
         model = self.registry.get(request.model)
         call.model = model.name
@@ -169,16 +167,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @unary_errors
     async def GetModel(self, request, context, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
+        key = self._caller(context, call, admitting=False)
         self.auth.check_model(key, convert.require_model(request.name))
         return convert.get_model_response(self.registry.lookup(request.name))
 
     @unary_errors
     async def Redact(self, request, context, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
-        self._check_admitting()
+        key = self._caller(context, call)
         text, operator = convert.redact_request(request)
         result = await asyncio.to_thread(self.redaction.redactor.redact, text, operator=operator)
         for entity in result.entities:
@@ -187,7 +182,6 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @unary_errors
     async def ListModels(self, request, context, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
+        key = self._caller(context, call, admitting=False)
         visible = [m for m in self.registry.entries() if key.rights.allows_model(m.name)]
         return convert.list_models_response(visible)
