@@ -87,14 +87,19 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         if messages is not None and model.chat is None:
             raise InvalidRequest("messages", f"model {model.name!r} has no chat template; send a prompt")
         redaction = self.redaction.for_request(*convert.redaction_policies(request), key.rights)
-        # Where PII is caught on the way in: each message (or the prompt) before templating, so
-        # the template's own markup is never mistaken for data.
-        if messages is not None:
-            prompt = model.chat.render([ChatMessage(m.role, redaction.prompt(m.content)) for m in messages])
-        else:
-            prompt = redaction.prompt(request.prompt)
         engine = model.engine
-        prompt_ids = await asyncio.to_thread(engine.tokenize, prompt)
+
+        def prepare() -> list[int]:
+            # Where PII is caught on the way in: each message (or the prompt) before templating, so
+            # the template's own markup is never mistaken for data. Off the event loop: a long
+            # prompt takes milliseconds to scan and tokenize.
+            if messages is not None:
+                prompt = model.chat.render([ChatMessage(m.role, redaction.prompt(m.content)) for m in messages])
+            else:
+                prompt = redaction.prompt(request.prompt)
+            return engine.tokenize(prompt)
+
+        prompt_ids = await asyncio.to_thread(prepare)
         call.prompt_tokens = len(prompt_ids)
         lease = self.auth.admit(key)
         self.active_streams += 1
