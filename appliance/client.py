@@ -54,6 +54,42 @@ class ModelSummary:
     execution_provider: str
 
 
+def generate_request(model: str, prompt: str = "", max_tokens: int = 0, temperature: float = 0.0, seed: int = 0,
+                     top_k: int = 0, top_p: float = 0.0, ignore_eos: bool = False,
+                     messages: Optional[list[tuple[str, str]]] = None, stop: tuple[str, ...] = (),
+                     logprobs: Optional[int] = None, redaction: tuple[str, str] = ("", ""),
+                     **sampling) -> pb.GenerateRequest:
+    """A GenerateRequest from keyword arguments (shared by the sync and asyncio clients)."""
+    request = pb.GenerateRequest(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+        seed=seed, top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, stop=list(stop),
+        messages=[pb.ChatMessage(role=role, content=content) for role, content in messages or ()],
+        **sampling,
+    )
+    if logprobs is not None:
+        request.logprobs = logprobs
+    input_policy, output_policy = redaction
+    if input_policy:
+        request.redaction.input = pb.InputPolicy.Value(f"INPUT_POLICY_{input_policy.upper()}")
+    if output_policy:
+        request.redaction.output = pb.OutputPolicy.Value(f"OUTPUT_POLICY_{output_policy.upper()}")
+    return request
+
+
+def chunk_from(message: pb.GenerateResponse) -> GenerateChunk:
+    return GenerateChunk(
+        text=message.text,
+        token_ids=tuple(message.token_ids),
+        finish_reason=FINISH_REASONS.get(message.finish_reason),
+        prompt_tokens=message.usage.prompt_tokens,
+        completion_tokens=message.usage.completion_tokens,
+        time_to_first_token_ns=message.timings.time_to_first_token_ns,
+        decode_ns=message.timings.decode_ns,
+        logprobs=tuple((lp.logprob, tuple((t.token_id, t.logprob) for t in lp.top)) for lp in message.logprobs),
+        redactions={(r.direction, r.type): r.count for r in message.redactions},
+    )
+
+
 def _summary(m) -> ModelSummary:
     return ModelSummary(name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,
                         context_length=m.context_length,
@@ -110,34 +146,13 @@ class ApplianceClient:
         frequency_penalty, stop_token_ids, min_tokens). `redaction` is (input, output) policy names
         ("off", "redact", "pseudonymize" / "off", "redact", "restore"); "" keeps the server's default.
         """
-        request = pb.GenerateRequest(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-            seed=seed, top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, stop=list(stop),
-            messages=[pb.ChatMessage(role=role, content=content) for role, content in messages or ()],
-            **sampling,
-        )
-        if logprobs is not None:
-            request.logprobs = logprobs
-        input_policy, output_policy = redaction
-        if input_policy:
-            request.redaction.input = pb.InputPolicy.Value(f"INPUT_POLICY_{input_policy.upper()}")
-        if output_policy:
-            request.redaction.output = pb.OutputPolicy.Value(f"OUTPUT_POLICY_{output_policy.upper()}")
+        request = generate_request(model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                   top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, messages=messages, stop=stop,
+                                   logprobs=logprobs, redaction=redaction, **sampling)
         call = self.stub.Generate(request, timeout=self.timeout_s, metadata=self.metadata)
         try:
             for message in call:
-                yield GenerateChunk(
-                    text=message.text,
-                    token_ids=tuple(message.token_ids),
-                    finish_reason=FINISH_REASONS.get(message.finish_reason),
-                    prompt_tokens=message.usage.prompt_tokens,
-                    completion_tokens=message.usage.completion_tokens,
-                    time_to_first_token_ns=message.timings.time_to_first_token_ns,
-                    decode_ns=message.timings.decode_ns,
-                    logprobs=tuple((lp.logprob, tuple((t.token_id, t.logprob) for t in lp.top))
-                                   for lp in message.logprobs),
-                    redactions={(r.direction, r.type): r.count for r in message.redactions},
-                )
+                yield chunk_from(message)
         finally:
             call.cancel()
 
