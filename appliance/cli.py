@@ -114,10 +114,30 @@ def _models(args) -> int:
     return 0
 
 
+class _RemoteRedactor:
+    """`appliance redact --target`: the daemon's Redact RPC in place of the local library."""
+
+    def __init__(self, client, operator: str):
+        self.client, self.operator = client, operator
+
+    def redact(self, text: str):
+        from types import SimpleNamespace
+
+        result = self.client.redact(text, self.operator)
+        return SimpleNamespace(text=result.text, entities=[SimpleNamespace(type=t, start=s, end=e)
+                                                           for t, s, e, _ in result.entities])
+
+
 def _redact(args) -> int:
+    if args.target:
+        with _client(args) as client:
+            return _redact_with(_RemoteRedactor(client, args.operator), args, streaming=False)
     from appliance.redact import RedactionConfig, Redactor
 
-    redactor = Redactor(RedactionConfig(operator=args.operator))
+    return _redact_with(Redactor(RedactionConfig(operator=args.operator)), args, streaming=True)
+
+
+def _redact_with(redactor, args, streaming: bool) -> int:
     out = sys.stdout.buffer
     if args.jsonl:
         for number, line in enumerate(sys.stdin.buffer, 1):
@@ -133,6 +153,10 @@ def _redact(args) -> int:
             result = redactor.redact(text)
             entities = [{"type": e.type, "start": e.start, "end": e.end} for e in result.entities]
             out.write(json.dumps({"text": result.text, "entities": entities}, ensure_ascii=False).encode() + b"\n")
+        return 0
+    if not streaming:  # the RPC takes one text: read it whole
+        out.write(redactor.redact(sys.stdin.buffer.read().decode("utf-8", "replace")).text.encode())
+        out.flush()
         return 0
     # Plain text streams through in blocks: the output equals redacting all of stdin at once.
     stream = redactor.stream()
@@ -256,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     client_command("models", "list served models", _models)
 
-    redact = sub.add_parser("redact", help="redact PII from stdin to stdout (no daemon needed)")
+    redact = sub.add_parser("redact", help="redact PII from stdin to stdout (locally, or by the daemon with --target)")
+    redact.add_argument("--target", help="HOST:PORT of an appliance to redact with (default: this process)")
+    redact.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"))
+    redact.add_argument("--ca-file", type=Path)
     redact.add_argument("--jsonl", action="store_true",
                         help='read {"text": ...} lines, write {"text", "entities"} lines')
     redact.add_argument("--operator", choices=("replace", "mask", "pseudonymize"), default="replace",

@@ -34,3 +34,13 @@ def test_models_and_embed_commands(daemon):
     done = appliance("embed", "--target", daemon.target, "--model", "minilm", "退款", "refund")
     assert done.returncode == 0
     assert len(done.stdout.splitlines()) == 2
+
+
+def test_redact_command_locally_and_through_the_daemon(daemon):
+    text = "Mail bob@example.org, 身份证11010519491231002X\n"
+    local = subprocess.run([sys.executable, "-m", "appliance.cli", "redact"], input=text, capture_output=True,
+                           text=True, timeout=60)
+    remote = subprocess.run([sys.executable, "-m", "appliance.cli", "redact", "--target", daemon.target], input=text,
+                            capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert local.stdout == remote.stdout == "Mail [EMAIL_ADDRESS], 身份证[CN_RESIDENT_ID]\n"
