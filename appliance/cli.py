@@ -114,30 +114,28 @@ def _models(args) -> int:
     return 0
 
 
-class _RemoteRedactor:
-    """`appliance redact --target`: the daemon's Redact RPC in place of the local library."""
-
-    def __init__(self, client, operator: str):
-        self.client, self.operator = client, operator
-
-    def redact(self, text: str):
-        from types import SimpleNamespace
-
-        result = self.client.redact(text, self.operator)
-        return SimpleNamespace(text=result.text, entities=[SimpleNamespace(type=t, start=s, end=e)
-                                                           for t, s, e, _ in result.entities])
-
-
 def _redact(args) -> int:
     if args.target:
         with _client(args) as client:
-            return _redact_with(_RemoteRedactor(client, args.operator), args, streaming=False)
+            def remote(text: str):
+                result = client.redact(text, args.operator)
+                return result.text, [(t, start, end) for t, start, end, _ in result.entities]
+
+            return _redact_with(remote, None, args)
     from appliance.redact import RedactionConfig, Redactor
 
-    return _redact_with(Redactor(RedactionConfig(operator=args.operator)), args, streaming=True)
+    redactor = Redactor(RedactionConfig(operator=args.operator))
+
+    def local(text: str):
+        result = redactor.redact(text)
+        return result.text, [(e.type, e.start, e.end) for e in result.entities]
+
+    return _redact_with(local, redactor.stream, args)
 
 
-def _redact_with(redactor, args, streaming: bool) -> int:
+def _redact_with(redact, open_stream, args) -> int:
+    """redact(text) -> (text, [(type, start, end)]); open_stream() streams stdin when given (local
+    redaction); without it (the RPC takes one text) stdin is read whole."""
     out = sys.stdout.buffer
     if args.jsonl:
         for number, line in enumerate(sys.stdin.buffer, 1):
@@ -150,16 +148,16 @@ def _redact_with(redactor, args, streaming: bool) -> int:
             except (ValueError, KeyError, TypeError):
                 print(f'appliance redact: line {number}: expected a JSON object with a string "text"', file=sys.stderr)
                 return 2
-            result = redactor.redact(text)
-            entities = [{"type": e.type, "start": e.start, "end": e.end} for e in result.entities]
-            out.write(json.dumps({"text": result.text, "entities": entities}, ensure_ascii=False).encode() + b"\n")
+            redacted, entities = redact(text)
+            found = [{"type": t, "start": start, "end": end} for t, start, end in entities]
+            out.write(json.dumps({"text": redacted, "entities": found}, ensure_ascii=False).encode() + b"\n")
         return 0
-    if not streaming:  # the RPC takes one text: read it whole
-        out.write(redactor.redact(sys.stdin.buffer.read().decode("utf-8", "replace")).text.encode())
+    if open_stream is None:
+        out.write(redact(sys.stdin.buffer.read().decode("utf-8", "replace"))[0].encode())
         out.flush()
         return 0
     # Plain text streams through in blocks: the output equals redacting all of stdin at once.
-    stream = redactor.stream()
+    stream = open_stream()
     for block in iter(lambda: sys.stdin.buffer.read1(1 << 16), b""):
         out.write(stream.feed(block).encode())
     out.write(stream.close().encode())

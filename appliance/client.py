@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -194,8 +195,6 @@ class ApplianceClient:
 
     def wait_until_serving(self, timeout_s: float) -> None:
         """Polls health until SERVING; raises TimeoutError otherwise."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -48,7 +48,6 @@ class ServedModel:
     classifier: Optional[Classifier] = None
     chat: Optional[ChatTemplate] = None
     provider: str = ""
-    ready_event: threading.Event = field(default_factory=threading.Event)
 
 
 def load_tokenizer(package_dir: Path) -> Tokenizer:
@@ -108,8 +107,6 @@ class ModelRegistry:
                 # so nothing from inside a model file ends up in logs or on the wire.
                 model.error = str(exc) if isinstance(exc, ApplianceError) else f"load failed ({exc.__class__.__name__})"
                 log.error("model %s failed to load: %s", model.name, model.error)
-            finally:
-                model.ready_event.set()
 
     @property
     def any_ready(self) -> bool:

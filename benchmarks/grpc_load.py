@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from serving import serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 LEVELS = (1, 4, 8, 16, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def drive(stream_factory, n: int) -> tuple[list[float], list[float], float]:
@@ -70,7 +60,6 @@ def main() -> int:
     from tokenizers import Tokenizer
 
     from appliance.async_client import AsyncApplianceClient
-    from appliance.client import ApplianceClient
     from appliance.engine.engine import GenerationEngine
     from appliance.engine.providers import RuntimeOptions
     from appliance.engine.runners import open_decoder_runner
@@ -95,21 +84,10 @@ def main() -> int:
         return stream()
 
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        (models / package.name).symlink_to(package)
-        config = Path(tmp) / "appliance.toml"
-        config.write_text(f"[server]\nmax_queue = 64\n[engine]\nmax_batch = {args.max_batch}\nmax_context = 1024\n"
-                          "max_step_tokens = 1024\nprefill_chunk = 256\n")
-        target = f"127.0.0.1:{free_port()}"
-        daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
-                                   "--models", str(models), "--listen", target, "--threads", str(args.threads)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            with ApplianceClient(target) as client:
-                client.wait_until_serving(300)
-
+    config = (f"[server]\nmax_queue = 64\n[engine]\nmax_batch = {args.max_batch}\nmax_context = 1024\n"
+              "max_step_tokens = 1024\nprefill_chunk = 256\n")
+    try:
+        with serve_alone(package, config, args.threads) as (target, _):
             async def run_all():
                 async with AsyncApplianceClient(target) as aclient:
                     def remote(i):
@@ -126,10 +104,8 @@ def main() -> int:
                         results[("in-process", n)] = await drive(local, n)
 
             asyncio.run(run_all())
-        finally:
-            daemon.terminate()
-            daemon.wait(60)
-            engine.close()
+    finally:
+        engine.close()
     print(f"package {package.name}, {args.tokens} tokens per stream, max batch {args.max_batch}, "
           f"{args.threads} threads (latencies in ms, measured by the client)")
     print(f"{'path':11} {'streams':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'tok/s':>7}")

@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from serving import serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PROMPT = "The appliance answers questions about orders and refunds in plain words:"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def in_process(engine, tokenizer, tokens: int) -> tuple[float, float]:
@@ -70,21 +61,14 @@ def main() -> int:
     tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
     engine = GenerationEngine(open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=args.threads)),
                               tokenizer, manifest.eos_token_ids)
-    target = f"127.0.0.1:{free_port()}"
-    daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--models", str(package.parent),
-                               "--listen", target, "--threads", str(args.threads)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with ApplianceClient(target) as client:
-            client.wait_until_serving(120)
+        with serve_alone(package, threads=args.threads) as (target, _), ApplianceClient(target) as client:
             local, remote = [], []
             in_process(engine, tokenizer, 8), over_grpc(client, package.name, 8)  # warm-up
             for _ in range(args.runs):
                 local.append(in_process(engine, tokenizer, args.tokens))
                 remote.append(over_grpc(client, package.name, args.tokens))
     finally:
-        daemon.terminate()
-        daemon.wait(30)
         engine.close()
     print(f"package {package.name} ({manifest.architecture} {manifest.precision}), {args.tokens} tokens, "
           f"{args.runs} runs, {args.threads} threads; medians:")

@@ -19,6 +19,7 @@ from appliance.registry import load_tokenizer
 from export.validation_texts import DECODER_PROMPT, SENTENCES
 
 GREEDY_TOKENS = 32
+BATCH_CHECK_ROWS = 4
 
 # Thresholds per precision; None means the figure is recorded, not enforced (quantized decoders:
 # random-weight test models have near-flat logits, so agreement says little about quality).
@@ -63,7 +64,10 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
                                        pad_token_id=0)[0].tolist()
         ref_logits = reference(torch.tensor([generated])).logits[0].float().numpy()  # [T, vocab]
     path = generated[len(prompt):]
-    runner = open_decoder_runner(package_dir, manifest, CPU)
+    # One runner for both checks (alone, a sequence uses row 0), its KV sized for this check
+    # rather than the model's whole context.
+    runner = open_decoder_runner(package_dir, manifest, CPU, max_batch=BATCH_CHECK_ROWS,
+                                 max_context=len(prompt) + steps + 1)
 
     def step(token: int, cached: int) -> np.ndarray:
         return runner.decode(np.asarray([token]), np.asarray([cached]))[0]
@@ -84,7 +88,7 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
         free.append(int(np.argmax(step(free[-1], len(prompt) + len(free) - 1))))
         phases.advance()
     prefix = next((i for i, (a, b) in enumerate(zip(free, path)) if a != b), len(path))
-    batched = _batched_greedy(package_dir, manifest, prompt, len(free))
+    batched = _batched_greedy(runner, manifest, prompt, len(free))
     same = next((i for i, (a, b) in enumerate(zip(batched, free)) if a != b), len(free))
     return {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),
             "logits_max_abs_diff": max_abs, "logits_rel_diff": max_abs / scale,
@@ -94,14 +98,9 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
             "batched_greedy_match": same, "batch_invariant": same == len(free)}
 
 
-BATCH_CHECK_ROWS = 4
 
-
-def _batched_greedy(package_dir: Path, manifest: Manifest, prompt: list[int], steps: int) -> list[int]:
+def _batched_greedy(runner, manifest: Manifest, prompt: list[int], steps: int) -> list[int]:
     """Greedy tokens of `prompt` decoded in row 0 of a batch whose other rows hold other prompts."""
-    from appliance.engine.runners import open_decoder_runner
-
-    runner = open_decoder_runner(package_dir, manifest, CPU, max_batch=BATCH_CHECK_ROWS)
     prompts = [prompt] + [[(t + 7 * row) % manifest.vocab_size for t in prompt[: max(1, len(prompt) - row)]]
                           for row in range(1, BATCH_CHECK_ROWS)]
     tokens = np.asarray([int(np.argmax(runner.prefill(row, p, 0))) for row, p in enumerate(prompts)])

@@ -16,9 +16,6 @@ import onnxruntime as ort
 from appliance.engine.providers import RuntimeOptions, create_session
 from appliance.model_package import Manifest
 
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
 class ConcatKVRunner:
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
                  context_length: int | None = None):
@@ -28,13 +25,9 @@ class ConcatKVRunner:
         self.session = create_session(str(package_dir / manifest.model_file), options)
         self.provider = self.session.get_providers()[0]
         self._takes_positions = "position_ids" in {i.name for i in self.session.get_inputs()}
-        self._kv_dtype = _NUMPY_DTYPES[self.layout.dtype]
+        self._kv_dtype = np.dtype(self.layout.dtype)
         self._past: dict[int, list[ort.OrtValue]] = {}
         self._logits = np.zeros((max_batch, manifest.vocab_size), np.float32)
-
-    @property
-    def kv_bytes(self) -> int:
-        return 0  # grows with the sequences; nothing is reserved up front
 
     def _kv_names(self):
         layout = self.layout

@@ -72,7 +72,7 @@ class GenerationEngine:
         self.config = config or SchedulerConfig(max_batch=runner.max_batch)
         if self.config.max_batch > runner.max_batch:
             raise ValueError("scheduler max_batch exceeds the runner's KV rows")
-        self.scheduler = Scheduler(self.config, runner.move)
+        self.scheduler = Scheduler(self.config, runner.move, runner.release)
         self._inbox: queue.SimpleQueue[Optional[GenerationRequest]] = queue.SimpleQueue()
         self._admitted = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
@@ -203,16 +203,14 @@ class GenerationEngine:
     def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
         rows = [(r, decode_logits[i]) for i, r in enumerate(batch.decode)] if decode_logits is not None else []
         rows += prompt_logits
-        greedy = [i for i, (r, _) in enumerate(rows) if r.state.chooser.plain_greedy and not self._blocked(r)]
-        choices: dict[int, Choice] = {}
-        if greedy and decode_logits is not None and len(greedy) == len(rows) and not prompt_logits:
-            for i, token in enumerate(np.argmax(decode_logits, axis=-1)):  # [n]: one pass for the batch
-                choices[i] = Choice(int(token))
-        picked = []
-        for i, (request, logits) in enumerate(rows):
-            choice = choices.get(i) or request.state.chooser.choose(logits, self._blocked(request))
+        if decode_logits is not None and not prompt_logits and all(
+                r.state.chooser.plain_greedy and not self._blocked(r) for r in batch.decode):
+            # Every row is a bare argmax: one pass over [n, vocab] for the whole batch.
+            picked = [(r, Choice(int(t))) for r, t in zip(batch.decode, np.argmax(decode_logits, axis=-1))]
+        else:
+            picked = [(r, r.state.chooser.choose(logits, self._blocked(r))) for r, logits in rows]
+        for request, choice in picked:
             request.output_ids.append(choice.token_id)
-            picked.append((request, choice))
         # Only now, with every row's token recorded, may rows finish: compaction moves a row's
         # cached positions, which count the token this step just wrote for it.
         for request, choice in picked:
@@ -245,11 +243,7 @@ class GenerationEngine:
 
     def _finish(self, request: GenerationRequest, status: RequestStatus, last_ids: tuple[int, ...] = (),
                 logprobs=(), text: str = "", flush: bool = False) -> None:
-        had_row = request.row >= 0
         self.scheduler.finish(request, status)
-        if had_row:
-            # The row vacated by compaction is the one just past the remaining rows.
-            self.runner.release(len(self.scheduler.running) + (self.scheduler.prefilling is not None))
         stream: Optional[_Stream] = request.state
         if stream is not None and (flush or status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_DEADLINE)):
             text += stream.stops.push(stream.detok.flush())[0] + stream.stops.flush()

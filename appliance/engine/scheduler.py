@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from appliance.engine.request import GenerationRequest, RequestStatus
 
 Move = Callable[[int, int, int], None]  # (src_row, dst_row, cached_positions)
+Release = Callable[[int], None]  # (row) the row no request holds any more
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, move: Move):
+    def __init__(self, config: SchedulerConfig, move: Move, release: Release = lambda row: None):
         self.config = config
         self._move = move
+        self._release = release
         self.waiting: deque[GenerationRequest] = deque()
         self.running: list[GenerationRequest] = []  # index == row
         self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
@@ -62,10 +64,6 @@ class Scheduler:
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.prefilling)
-
-    @property
-    def queue_full(self) -> bool:
-        return len(self.waiting) >= self.config.max_queue
 
     def add(self, request: GenerationRequest) -> None:
         self.waiting.append(request)
@@ -83,7 +81,7 @@ class Scheduler:
                 request.row = rows_taken
                 request.status = RequestStatus.PREFILLING
                 self.prefilling = request
-            start = request.prefilled + sum(len(c.tokens) for c in batch.prefills if c.request is request)
+            start = request.prefilled  # a request gets at most one chunk per step
             size = min(len(request.prompt_ids) - start, budget, self.config.prefill_chunk)
             batch.prefills.append(PrefillChunk(request, request.prompt_ids[start : start + size], start))
             budget -= size
@@ -116,6 +114,9 @@ class Scheduler:
     def finish(self, request: GenerationRequest, status: RequestStatus) -> None:
         """Frees a request's row (compacting the batch) or drops it from the queue."""
         request.status = status
+        # Compaction always empties the highest occupied row, whichever request left.
+        highest_row = len(self.running) - (self.prefilling is None)
+        had_row = request.row >= 0
         if request is self.prefilling:
             self.prefilling = None
         elif request in self.running:
@@ -133,13 +134,9 @@ class Scheduler:
             except ValueError:
                 pass
         request.row = -1
+        if had_row:
+            self._release(highest_row)
 
     def _relocate(self, request: GenerationRequest, row: int) -> None:
         self._move(request.row, row, request.cached_tokens)
         request.row = row
-
-    def drop_waiting(self, keep: Callable[[GenerationRequest], bool]) -> list[GenerationRequest]:
-        """Removes queued requests for which keep() is False; returns them."""
-        dropped = [r for r in self.waiting if not keep(r)]
-        self.waiting = deque(r for r in self.waiting if keep(r))
-        return dropped

@@ -19,9 +19,6 @@ from appliance.engine.providers import RuntimeOptions, create_session
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
 
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
 class SharedKVRunner:
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
                  context_length: int | None = None):
@@ -34,7 +31,7 @@ class SharedKVRunner:
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         self.session = create_session(str(package_dir / manifest.model_file), options)
         self.provider = self.session.get_providers()[0]
-        dtype = _NUMPY_DTYPES[layout.dtype]
+        dtype = np.dtype(layout.dtype)
         shape = (max_batch, layout.num_kv_heads, self.context_length, layout.head_dim)
         # The numpy arrays own the memory; OrtValues over row views let ORT read and write it.
         self._kv = [np.zeros(shape, dtype) for _ in range(2 * layout.num_layers)]
@@ -42,10 +39,6 @@ class SharedKVRunner:
         self._mask = np.zeros((max_batch, self.context_length), np.int64)
         self._logits = np.zeros((max_batch, 1, manifest.vocab_size), np.float32)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
-
-    @property
-    def kv_bytes(self) -> int:
-        return sum(a.nbytes for a in self._kv)
 
     def _bind_kv(self, binding: ort.IOBinding, rows: slice) -> None:
         layout = self.layout

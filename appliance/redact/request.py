@@ -73,15 +73,16 @@ class RequestRedaction:
             return safe
         return self._restore.feed(safe) + self._restore.close()
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(direction, type) -> entities redacted."""
-        found: Counter = Counter()
-        for direction, collector in (("input", self._input_audit), ("output", self._output_audit)):
-            for entity_type, count in collector.record().counts.items():
-                found[(direction, entity_type)] += count
-        return dict(found)
-
     def audit_records(self, request_id: str) -> list[AuditRecord]:
-        return [collector.record(request_id, direction)
-                for direction, collector in (("input", self._input_audit), ("output", self._output_audit))
-                if collector.record().total]
+        """One record per direction that redacted anything."""
+        records = [collector.record(request_id, direction)
+                   for direction, collector in (("input", self._input_audit), ("output", self._output_audit))]
+        return [record for record in records if record.total]
+
+
+def counts_of(records: list[AuditRecord]) -> dict[tuple[str, str], int]:
+    found: Counter = Counter()
+    for record in records:
+        for entity_type, count in record.counts.items():
+            found[(record.direction, entity_type)] += count
+    return dict(found)

@@ -10,7 +10,7 @@ from typing import Optional
 
 from appliance.errors import ConfigError, NotAllowed
 from appliance.redact import Redactor
-from appliance.redact.request import InputPolicy, OutputPolicy, RequestRedaction
+from appliance.redact.request import InputPolicy, OutputPolicy, RequestRedaction, counts_of
 from appliance.server.config import RedactionConfig
 from appliance.server.keys import KeyRights
 
@@ -53,7 +53,10 @@ class RedactionStage:
             raise NotAllowed(f"redaction.output: this key may not use {chosen_output!r}")
         return RequestRedaction(self.redactor, self.audit_key, InputPolicy(chosen_input), OutputPolicy(chosen_output))
 
-    def audit(self, request_id: str, redaction: RequestRedaction) -> None:
-        """One JSON line per direction that carried PII: types, counts, keyed hashes, never values."""
-        for record in redaction.audit_records(request_id):
+    def audit(self, request_id: str, redaction: RequestRedaction) -> dict[tuple[str, str], int]:
+        """One JSON line per direction that carried PII (types, counts, keyed hashes, never values);
+        returns the counts by (direction, type) for the response and the metrics."""
+        records = redaction.audit_records(request_id)
+        for record in records:
             audit_log.info(json.dumps({"event": "pii", **record.to_dict()}, sort_keys=True))
+        return counts_of(records)

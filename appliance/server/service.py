@@ -113,15 +113,15 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     continue
                 call.completion_tokens = event.completion_tokens
                 text += redaction.finish()
-                self._observe_generation(model.name, event, redaction)
-                self.redaction.audit(call.request_id, redaction)
-                yield convert.generate_response(event, text, redaction.hides_tokens, redaction.counts())
+                redacted = self.redaction.audit(call.request_id, redaction)
+                self._observe_generation(model.name, event, redacted)
+                yield convert.generate_response(event, text, redaction.hides_tokens, redacted)
         finally:
             self.active_streams -= 1
             lease.release(call.prompt_tokens + call.completion_tokens)
             self.metrics.observe_engine(model.name, engine.stats())
 
-    def _observe_generation(self, model: str, event, redaction) -> None:
+    def _observe_generation(self, model: str, event, redacted: dict[tuple[str, str], int]) -> None:
         timings, metrics = event.timings, self.metrics
         metrics.tokens.labels(model, "prompt").inc(event.prompt_tokens)
         metrics.tokens.labels(model, "completion").inc(event.completion_tokens)
@@ -131,7 +131,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 metrics.time_to_first_token.labels(model).observe(timings.time_to_first_token_ns / 1e9)
             if event.completion_tokens > 1:
                 metrics.inter_token.labels(model).observe(timings.decode_ns / 1e9 / (event.completion_tokens - 1))
-        for (direction, entity_type), count in redaction.counts().items():
+        for (direction, entity_type), count in redacted.items():
             metrics.pii.labels(entity_type, direction).inc(count)
 
     @unary_errors
@@ -178,7 +178,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     @unary_errors
     async def Redact(self, request, context, call: CallInfo):
-        key = self._caller(context, call)
+        self._caller(context, call)
         text, operator = convert.redact_request(request)
         result = await asyncio.to_thread(self.redaction.redactor.redact, text, operator=operator)
         for entity in result.entities:

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for serving.py
+from serving import serve_alone  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -26,12 +23,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -53,37 +44,22 @@ def main() -> int:
     context = min(args.max_context, manifest.context_length)
     kv = 2 * layout.num_layers * args.max_batch * layout.num_kv_heads * context * layout.head_dim * 4
     budget = weights + kv + 400 * 2**20
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "appliance.toml"
-        config.write_text(f"[engine]\nmax_batch = {args.max_batch}\nmax_context = {args.max_context}\n")
-        # Serve this package alone: its neighbours would count against its budget.
-        models = Path(tmp) / "models"
-        models.mkdir()
-        (models / package.name).symlink_to(package)
-        target = f"127.0.0.1:{free_port()}"
-        daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
-                                   "--models", str(models), "--listen", target, "--threads", "2"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            with ApplianceClient(target) as client:
-                client.wait_until_serving(300)
-            warm = rss_bytes(daemon.pid)
+    config = f"[engine]\nmax_batch = {args.max_batch}\nmax_context = {args.max_context}\n"
+    with serve_alone(package, config) as (target, daemon):
+        warm = rss_bytes(daemon.pid)
 
-            def one(i: int) -> int:
-                with ApplianceClient(target) as own:
-                    return sum(len(c.token_ids) for c in own.generate(
-                        package.name, f"Request {i}: where is parcel {i}?", max_tokens=16 + i % 32,
-                        temperature=0.7 if i % 2 else 0.0, seed=i, ignore_eos=True))
+        def one(i: int) -> int:
+            with ApplianceClient(target) as own:
+                return sum(len(c.token_ids) for c in own.generate(
+                    package.name, f"Request {i}: where is parcel {i}?", max_tokens=16 + i % 32,
+                    temperature=0.7 if i % 2 else 0.0, seed=i, ignore_eos=True))
 
-            tenth = max(args.requests // 10, 1)
-            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
-                list(pool.map(one, range(tenth)))
-                early = rss_bytes(daemon.pid)
-                tokens = sum(pool.map(one, range(tenth, args.requests)))
-            end = rss_bytes(daemon.pid)
-        finally:
-            daemon.terminate()
-            daemon.wait(60)
+        tenth = max(args.requests // 10, 1)
+        with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(one, range(tenth)))
+            early = rss_bytes(daemon.pid)
+            tokens = sum(pool.map(one, range(tenth, args.requests)))
+        end = rss_bytes(daemon.pid)
     mb = 2**20
     print(f"package {package.name}: weights {weights / mb:.0f} MB, KV reserved {kv / mb:.0f} MB "
           f"(batch {args.max_batch} x context {context}), budget {budget / mb:.0f} MB")

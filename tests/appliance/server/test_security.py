@@ -165,7 +165,6 @@ def test_metrics_count_a_known_sequence(secured):
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 
     def value(text, name, **labels):
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
         for line in text.splitlines():
             if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])

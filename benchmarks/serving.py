@@ -1,0 +1,47 @@
+"""Starting the daemon for a benchmark: one package alone, on a free loopback port, SERVING."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_alone(package: Path, config_toml: str = "", threads: int = 2,
+                ready_timeout_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`appliance serve` with only `package` in its models folder (neighbours would load too and
+    count against its memory and cores); yields (target, process) once health says SERVING."""
+    from appliance.client import ApplianceClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        (models / package.name).symlink_to(package.resolve())
+        config = Path(tmp) / "appliance.toml"
+        config.write_text(config_toml)
+        target = f"127.0.0.1:{free_port()}"
+        daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
+                                   "--models", str(models), "--listen", target, "--threads", str(threads)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with ApplianceClient(target) as client:
+                client.wait_until_serving(ready_timeout_s)
+            yield target, daemon
+        finally:
+            daemon.terminate()
+            daemon.wait(60)
