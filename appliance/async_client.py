@@ -7,7 +7,7 @@ from typing import AsyncIterator, Optional
 import grpc
 import numpy as np
 
-from appliance.client import GenerateChunk, chunk_from, generate_request
+from appliance.client import GenerateChunk, chunk_from, generate_request, open_channel
 from appliance.v1 import inference_pb2 as pb
 from appliance.v1 import inference_pb2_grpc
 
@@ -17,13 +17,10 @@ class AsyncApplianceClient:
 
     def __init__(self, target: str, timeout_s: Optional[float] = None, api_key: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, client_certificate: Optional[bytes] = None,
-                 client_key: Optional[bytes] = None, server_name: Optional[str] = None):
-        if root_certificates is None:
-            self.channel = grpc.aio.insecure_channel(target)
-        else:
-            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+                 client_key: Optional[bytes] = None, server_name: Optional[str] = None,
+                 balance: Optional[bool] = None):
+        self.channel = open_channel(grpc.aio, target, root_certificates, client_certificate, client_key,
+                                    server_name, balance)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()

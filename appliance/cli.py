@@ -19,6 +19,14 @@ def _client(args):
     return ApplianceClient(args.target, api_key=args.api_key, root_certificates=roots)
 
 
+def _watchdog_interval() -> float | None:
+    """systemd's WatchdogSec in seconds, when it asks this process for pings (sd_watchdog_enabled)."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1e6
+
+
 def _serve(args) -> int:
     from appliance.errors import ApplianceError, ConfigError
     from appliance.server.app import serve
@@ -38,7 +46,7 @@ def _serve(args) -> int:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 2
     try:
-        serve(config, notify_socket=os.environ.get("NOTIFY_SOCKET"))
+        serve(config, notify_socket=os.environ.get("NOTIFY_SOCKET"), watchdog_s=_watchdog_interval())
     except ConfigError as exc:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 2
@@ -109,9 +117,19 @@ def _classify(args) -> int:
 def _models(args) -> int:
     with _client(args) as client:
         for m in client.list_models():
-            line = f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} ctx={m.context_length}"
-            print(line + (f"  error: {m.error}" if m.error else ""))
+            line = (f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} "
+                    f"ctx={m.context_length} version={m.version or '-'}")
+            print(line + (f"  error: {m.error}" if m.error else "")
+                  + (f"  last reload failed: {m.reload_error}" if m.reload_error else ""))
     return 0
+
+
+def _reload(args) -> int:
+    with _client(args) as client:
+        results = client.reload_models()
+    for r in results:
+        print(f"{r.name:24} {r.outcome:9} {r.version or '-':16}" + (f"  error: {r.error}" if r.error else ""))
+    return 1 if any(r.outcome == "failed" for r in results) else 0
 
 
 def _redact(args) -> int:
@@ -173,7 +191,7 @@ def _keys(args) -> int:
         rights = KeyRights(models=tuple(args.model or ()), requests_per_minute=args.requests_per_minute,
                            tokens_per_minute=args.tokens_per_minute, max_concurrency=args.max_concurrency,
                            input_policies=tuple(args.input_policies.split(",")),
-                           output_policies=tuple(args.output_policies.split(",")))
+                           output_policies=tuple(args.output_policies.split(",")), admin=args.admin)
         key, token = store.add(args.name, rights)
         print(f"created key {key.id} ({key.name}); it is shown once, store it now:\n{token}")
     elif args.action == "list":
@@ -181,7 +199,7 @@ def _keys(args) -> int:
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}  {state:8} {key.name:20} models={','.join(key.rights.models) or '*'} "
                   f"rpm={key.rights.requests_per_minute or '-'} tpm={key.rights.tokens_per_minute or '-'} "
-                  f"concurrency={key.rights.max_concurrency or '-'}")
+                  f"concurrency={key.rights.max_concurrency or '-'}{' admin' if key.rights.admin else ''}")
     elif not store.revoke(args.key_id):
         print(f"appliance keys: no active key {args.key_id}", file=sys.stderr)
         return 1
@@ -227,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="redaction input policies the key may use (comma-separated: off,redact,pseudonymize)")
     add.add_argument("--output-policies", default="redact,restore",
                      help="redaction output policies the key may use (comma-separated: off,redact,restore)")
+    add.add_argument("--admin", action="store_true", help="the key may call the Admin service (hot reload)")
     key_actions.add_parser("list", help="list keys (never their secrets)")
     revoke = key_actions.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
@@ -240,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_command(name, help_text, func):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the appliance")
+        command.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the appliance; several as ipv4:H:P,H:P (or a dns: name) are load-balanced")
         command.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"),
                              help="API key (default: $APPLIANCE_API_KEY)")
         command.add_argument("--ca-file", type=Path, help="PEM CA of the server certificate (turns on TLS)")
@@ -277,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+")
 
     client_command("models", "list served models", _models)
+    client_command("reload", "rescan the appliance's models folder and swap in what changed (admin key)", _reload)
 
     redact = sub.add_parser("redact", help="redact PII from stdin to stdout (locally, or by the daemon with --target)")
     redact.add_argument("--target", help="HOST:PORT of an appliance to redact with (default: this process)")

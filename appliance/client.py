@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from appliance.v1 import admin_pb2, admin_pb2_grpc
 from appliance.v1 import inference_pb2 as pb
 from appliance.v1 import inference_pb2_grpc
 
@@ -34,6 +36,8 @@ class GenerateChunk:
     logprobs: tuple = ()
     # Last chunk: {(direction, type): count} of entities redacted.
     redactions: dict = field(default_factory=dict)
+    # Last chunk: the package build that produced the stream.
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,49 @@ class ModelSummary:
     state: str
     error: str
     execution_provider: str
+    version: str = ""
+    reload_error: str = ""
+
+
+@dataclass(frozen=True)
+class ModelReloadSummary:
+    name: str
+    outcome: str  # unchanged, added, updated, removed or failed
+    version: str
+    error: str
+
+
+# Several appliances behind one target ("ipv4:10.0.0.5:50051,10.0.0.6:50051", or a DNS name with
+# several addresses): spread calls round-robin over the ones whose health service says SERVING,
+# and retry a call refused with UNAVAILABLE (a draining or vanished appliance) on another. gRPC
+# retries only before the first response message arrives, so a stream is never replayed.
+BALANCED_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "appliance.v1.Inference"},
+    "methodConfig": [{
+        "name": [{"service": "appliance.v1.Inference"}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+
+
+def spreads(target: str) -> bool:
+    """Whether a target may name several appliances."""
+    return "," in target or target.startswith("dns:")
+
+
+def open_channel(channels, target: str, root_certificates: Optional[bytes] = None,
+                 client_certificate: Optional[bytes] = None, client_key: Optional[bytes] = None,
+                 server_name: Optional[str] = None, balance: Optional[bool] = None):
+    """A channel from `channels` (grpc or grpc.aio); `balance` defaults to `spreads(target)`."""
+    options: list[tuple[str, object]] = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    if spreads(target) if balance is None else balance:
+        options += [("grpc.service_config", BALANCED_SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    if root_certificates is None:
+        return channels.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
+    return channels.secure_channel(target, credentials, options=options)
 
 
 def generate_request(model: str, prompt: str = "", max_tokens: int = 0, temperature: float = 0.0, seed: int = 0,
@@ -88,6 +135,7 @@ def chunk_from(message: pb.GenerateResponse) -> GenerateChunk:
         decode_ns=message.timings.decode_ns,
         logprobs=tuple((lp.logprob, tuple((t.token_id, t.logprob) for t in lp.top)) for lp in message.logprobs),
         redactions={(r.direction, r.type): r.count for r in message.redactions},
+        model_version=message.model_version,
     )
 
 
@@ -95,23 +143,23 @@ def _summary(m) -> ModelSummary:
     return ModelSummary(name=m.name, task=m.task, architecture=m.architecture, precision=m.precision,
                         context_length=m.context_length,
                         state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
-                        error=m.error, execution_provider=m.execution_provider)
+                        error=m.error, execution_provider=m.execution_provider, version=m.version,
+                        reload_error=m.reload_error)
 
 
 class ApplianceClient:
     """`api_key` is sent as `authorization: Bearer ...`; `root_certificates` (PEM bytes) turns on
-    TLS, and `client_certificate` / `client_key` (PEM bytes) mutual TLS."""
+    TLS, and `client_certificate` / `client_key` (PEM bytes) mutual TLS. A target naming several
+    appliances is load-balanced (see BALANCED_SERVICE_CONFIG); `balance` forces it on or off."""
 
     def __init__(self, target: str, timeout_s: Optional[float] = None, api_key: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, client_certificate: Optional[bytes] = None,
-                 client_key: Optional[bytes] = None, server_name: Optional[str] = None):
-        if root_certificates is None:
-            self.channel = grpc.insecure_channel(target)
-        else:
-            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-            self.channel = grpc.secure_channel(target, credentials, options=options)
+                 client_key: Optional[bytes] = None, server_name: Optional[str] = None,
+                 balance: Optional[bool] = None):
+        self.channel = open_channel(grpc, target, root_certificates, client_certificate, client_key, server_name,
+                                    balance)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
@@ -182,6 +230,13 @@ class ApplianceClient:
     def get_model(self, name: str) -> ModelSummary:
         response = self.stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout_s, metadata=self.metadata)
         return _summary(response.model)
+
+    def reload_models(self) -> list[ModelReloadSummary]:
+        """Asks the appliance to rescan its models folder; needs an admin key. Returns when done."""
+        response = self.admin.ReloadModels(admin_pb2.ReloadModelsRequest(), timeout=self.timeout_s,
+                                           metadata=self.metadata)
+        return [ModelReloadSummary(m.name, admin_pb2.ReloadOutcome.Name(m.outcome).removeprefix("RELOAD_OUTCOME_").lower(),
+                                   m.version, m.error) for m in response.models]
 
     def list_models(self) -> list[ModelSummary]:
         response = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self.metadata)

@@ -190,5 +190,16 @@ def open_package(package_dir: Path) -> Manifest:
 
 
 def find_packages(models_dir: Path) -> list[Path]:
-    """Every direct subfolder holding a manifest; a package is served under its folder name."""
-    return sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+    """Every direct subfolder holding a manifest; a package is served under its folder name.
+    Hidden folders are skipped: the exporter stages a package in one before renaming it into place."""
+    return sorted(p for p in models_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_NAME).is_file())
+
+
+def package_version(package_dir: Path) -> str:
+    """A package's build id: the start of its manifest's SHA-256. The manifest records every
+    file's digest, so a changed file that still verifies means a changed manifest."""
+    try:
+        return hashlib.sha256((package_dir / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""

@@ -3,16 +3,24 @@
 Every package under the models folder is served under its folder name. A package that fails to
 verify or load is kept as FAILED with its reason (visible in ListModels) and never takes the
 others down.
+
+Hot reload (`reload`) rescans the folder: a new or changed package is loaded and warmed beside
+the serving one, then swapped in with one dict assignment. Requests hold the version they
+started on (`hold`), so the old version is closed only once its last stream has finished. A
+package that fails to load leaves its previous version serving, with the reason in
+`reload_error`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from tokenizers import Tokenizer
 
@@ -25,7 +33,7 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, ModelNotFound, ModelNotReady, PackageError
-from appliance.model_package import Manifest, find_packages, open_package
+from appliance.model_package import Manifest, find_packages, open_package, package_version
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,27 @@ class ServedModel:
     classifier: Optional[Classifier] = None
     chat: Optional[ChatTemplate] = None
     provider: str = ""
+    version: str = ""
+    # Why the last reload of this package failed while this version kept serving.
+    reload_error: str = ""
+    # Requests holding this version (see ModelRegistry.hold); guarded by the registry's lock.
+    users: int = 0
+
+
+class ReloadOutcome(enum.Enum):
+    UNCHANGED = "unchanged"
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    name: str
+    outcome: ReloadOutcome
+    version: str = ""
+    error: str = ""
 
 
 def load_tokenizer(package_dir: Path) -> Tokenizer:
@@ -62,6 +91,8 @@ def _token_text(tokenizer: Tokenizer, token_id: Optional[int]) -> str:
 
 
 class ModelRegistry:
+    RETIRE_POLL_S = 0.05
+
     def __init__(self, models_dir: Path, runtime: RuntimeOptions, scheduling: SchedulerConfig = SchedulerConfig(),
                  max_context: int = 0):
         if not models_dir.is_dir():
@@ -70,14 +101,20 @@ class ModelRegistry:
         self.runtime = runtime
         self.scheduling = scheduling
         self.max_context = max_context
+        # Replaced entry by entry, never mutated in place by readers: a lookup sees either the
+        # old or the new version of a package, whole.
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}
+        self._lock = threading.Lock()  # guards ServedModel.users
+        self._reload_lock = threading.Lock()  # one load or reload at a time
+        self._retiring: list[threading.Thread] = []
 
     @property
     def names(self) -> list[str]:
         return sorted(self._models)
 
     def entries(self) -> list[ServedModel]:
-        return [self._models[name] for name in self.names]
+        models = dict(self._models)
+        return [models[name] for name in sorted(models)]
 
     def lookup(self, name: str) -> ServedModel:
         """The package served under `name`, in whatever state it is."""
@@ -94,25 +131,98 @@ class ModelRegistry:
             raise ModelNotReady(f"model {name!r} is {model.state.value}{detail}")
         return model
 
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[ServedModel]:
+        """The ready package `name`, kept open (even if a reload replaces it) until the block ends."""
+        with self._lock:
+            model = self.get(name)
+            model.users += 1
+        try:
+            yield model
+        finally:
+            with self._lock:
+                model.users -= 1
+
     def load_all(self) -> None:
-        """Loads and warms every package; blocking, meant for a background thread."""
-        for model in self.entries():
-            try:
-                self._load(model)
-                model.state = ModelState.READY
-                log.info("model %s ready on %s", model.name, model.provider)
-            except Exception as exc:
-                model.state = ModelState.FAILED
-                # PackageError messages name the file and reason; other errors only their class,
-                # so nothing from inside a model file ends up in logs or on the wire.
-                model.error = str(exc) if isinstance(exc, ApplianceError) else f"load failed ({exc.__class__.__name__})"
-                log.error("model %s failed to load: %s", model.name, model.error)
+        """Loads and warms every package found at start; blocking, meant for a background thread."""
+        with self._reload_lock:
+            for model in self.entries():
+                self._load_logged(model)
+
+    def _load_logged(self, model: ServedModel) -> bool:
+        try:
+            self._load(model)
+            model.state = ModelState.READY
+            log.info("model %s version %s ready on %s", model.name, model.version, model.provider)
+            return True
+        except Exception as exc:
+            model.state = ModelState.FAILED
+            # PackageError messages name the file and reason; other errors only their class,
+            # so nothing from inside a model file ends up in logs or on the wire.
+            model.error = str(exc) if isinstance(exc, ApplianceError) else f"load failed ({exc.__class__.__name__})"
+            log.error("model %s failed to load: %s", model.name, model.error)
+            self._close_model(model)
+            return False
+
+    def reload(self) -> list[ReloadResult]:
+        """Rescans the folder and swaps in what changed; blocking, meant for a background thread."""
+        with self._reload_lock:
+            found = {p.name: p for p in find_packages(self.models_dir)}
+            results = [self._reload_one(name, path) for name, path in sorted(found.items())]
+            for name in sorted(set(self._models) - set(found)):
+                self._retire(self._models.pop(name))
+                log.info("model %s removed: its folder is gone", name)
+                results.append(ReloadResult(name, ReloadOutcome.REMOVED))
+            return sorted(results, key=lambda r: r.name)
+
+    def _reload_one(self, name: str, path: Path) -> ReloadResult:
+        current = self._models.get(name)
+        serving = current is not None and current.state is ModelState.READY
+        if serving and package_version(path) == current.version:
+            current.reload_error = ""  # the folder holds what serves again (a bad copy was put back)
+            return ReloadResult(name, ReloadOutcome.UNCHANGED, current.version)
+        candidate = ServedModel(name, path)
+        if not serving:
+            self._models[name] = candidate  # nothing to keep: show it LOADING, then its outcome
+        if not self._load_logged(candidate):
+            if serving:
+                current.reload_error = candidate.error
+                log.error("model %s keeps serving version %s", name, current.version)
+            return ReloadResult(name, ReloadOutcome.FAILED, current.version if serving else "", candidate.error)
+        self._models[name] = candidate
+        if current is not None:
+            self._retire(current)
+        outcome = ReloadOutcome.ADDED if current is None else ReloadOutcome.UPDATED
+        return ReloadResult(name, outcome, candidate.version)
+
+    def _retire(self, model: ServedModel) -> None:
+        """Closes a replaced or removed version once its last request has let go of it."""
+
+        def wait_then_close():
+            while True:
+                with self._lock:
+                    idle = model.users == 0 and not (model.engine is not None and model.engine.busy)
+                if idle:
+                    break
+                time.sleep(self.RETIRE_POLL_S)
+            self._close_model(model)
+            log.info("model %s version %s retired", model.name, model.version)
+
+        thread = threading.Thread(target=wait_then_close, name=f"retire-{model.name}", daemon=True)
+        self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]
+        thread.start()
+
+    @staticmethod
+    def _close_model(model: ServedModel) -> None:
+        if model.engine is not None:
+            model.engine.close()
 
     @property
     def any_ready(self) -> bool:
         return any(m.state is ModelState.READY for m in self._models.values())
 
     def _load(self, model: ServedModel) -> None:
+        model.version = package_version(model.path)
         manifest = open_package(model.path)
         model.manifest = manifest
         tokenizer = load_tokenizer(model.path)
@@ -155,14 +265,21 @@ class ModelRegistry:
             raise failure[0]
 
     def stop_admitting(self) -> None:
-        for model in self._models.values():
+        for model in self.entries():
             if model.engine is not None:
                 model.engine.stop_admitting()
 
     def busy(self) -> bool:
-        return any(m.engine is not None and m.engine.busy for m in self._models.values())
+        return any(m.engine is not None and m.engine.busy for m in self.entries())
 
-    def close(self) -> None:
-        for model in self._models.values():
-            if model.engine is not None:
-                model.engine.close()
+    def stalled_engines(self, max_silence_s: float) -> list[str]:
+        """Serving decoders whose engine thread has not gone round its loop for `max_silence_s`."""
+        now = time.monotonic()
+        return [m.name for m in self.entries()
+                if m.engine is not None and now - m.engine.heartbeat > max_silence_s]
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        for model in self.entries():
+            self._close_model(model)
+        for thread in self._retiring:
+            thread.join(timeout_s)

@@ -78,6 +78,9 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._admitting = True
         self._closed = False
+        # Monotonic time the loop last went round: the systemd watchdog is fed only while every
+        # engine's is recent, so an engine stuck inside a runner call gets the daemon restarted.
+        self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -145,6 +148,7 @@ class GenerationEngine:
 
     def _loop(self) -> None:
         while not self._closed:
+            self.heartbeat = time.monotonic()
             self._drain_inbox(block=not self.scheduler.has_work)
             self._reap()
             if not self.scheduler.has_work:

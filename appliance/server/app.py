@@ -1,7 +1,9 @@
 """The daemon's main loop: build the server, load models in the background, drain on SIGTERM.
 
 Health (`grpc.health.v1`) says NOT_SERVING until the models are loaded and warmed, SERVING while
-at least one is ready, and NOT_SERVING again from the moment a drain starts.
+at least one is ready, and NOT_SERVING again from the moment a drain starts. SIGHUP (or the Admin
+service) reloads the models folder; under systemd the daemon feeds the watchdog only while every
+engine thread keeps stepping.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from grpc_reflection.v1alpha import reflection
 
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
-from appliance.registry import ModelRegistry
+from appliance.errors import Draining
+from appliance.registry import ModelRegistry, ReloadResult
+from appliance.server.admin import AdminService
 from appliance.server.auth import Authenticator
 from appliance.server.config import Config
 from appliance.server.keys import KeyStore
@@ -26,11 +30,12 @@ from appliance.server.redaction import RedactionStage
 from appliance.server.sd_notify import Notifier
 from appliance.server.service import InferenceService
 from appliance.server.usage import UsageLog
-from appliance.v1 import inference_pb2, inference_pb2_grpc
+from appliance.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 DRAIN_POLL_S = 0.05
 
 
@@ -44,9 +49,10 @@ def server_credentials(tls) -> grpc.ServerCredentials | None:
 
 
 class Daemon:
-    def __init__(self, config: Config, notifier: Notifier | None = None):
+    def __init__(self, config: Config, notifier: Notifier | None = None, watchdog_s: float | None = None):
         self.config = config
         self.notifier = notifier or Notifier(None)
+        self.watchdog_s = watchdog_s
         runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads)
         engine = config.engine
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
@@ -55,15 +61,17 @@ class Daemon:
         self.metrics = Metrics()
         self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None
         keys = KeyStore(config.auth.keys_db) if config.auth.keys_db else None
+        auth = Authenticator(keys)
         self.service = InferenceService(self.registry, config.server.default_max_tokens,
-                                        RedactionStage(config.redaction), Authenticator(keys), self.metrics,
-                                        self.usage)
+                                        RedactionStage(config.redaction), auth, self.metrics, self.usage)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()
         inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth, self.reload, self.service.finished),
+                                                   self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         credentials = server_credentials(config.tls)
         if credentials is None:
@@ -73,6 +81,8 @@ class Daemon:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.server.listen}")
         self._stop = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()  # background tasks, referenced until they end
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -89,9 +99,61 @@ class Daemon:
         await asyncio.to_thread(self.registry.load_all)
         if not self._stop.is_set():
             await self._set_health(self.registry.any_ready)
-            summary = ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries())
+            summary = self._summary()
             log.info("ready: %s", summary)
             self.notifier.ready(f"serving on {self.config.server.listen}: {summary}")
+
+    def _summary(self) -> str:
+        return ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries())
+
+    async def reload(self) -> list[ReloadResult]:
+        """Rescans the models folder and swaps in what changed (see ModelRegistry.reload)."""
+        if self.service.draining:
+            raise Draining("the server is draining; reload refused")
+        async with self._reloading:
+            log.info("reloading models from %s", self.config.server.models)
+            self.notifier.notify("RELOADING=1", "STATUS=reloading models")
+            results = await asyncio.to_thread(self.registry.reload)
+            self.metrics.observe_reload(results)
+            if not self.service.draining:
+                await self._set_health(self.registry.any_ready)
+            changed = [f"{r.name} {r.outcome.value}" for r in results if r.outcome.value != "unchanged"]
+            log.info("reload done: %s", ", ".join(changed) or "nothing changed")
+            self.notifier.ready(f"serving on {self.config.server.listen}: {self._summary()}")
+            return results
+
+    def _background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def request_reload(self) -> None:
+        async def reload_logged():
+            try:
+                await self.reload()
+            except Draining:
+                log.info("SIGHUP ignored: draining")
+            except Exception:
+                log.exception("reload failed")
+
+        self._background(reload_logged())
+
+    async def feed_watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 every half interval while every engine thread keeps going round its loop.
+
+        An engine stuck in a runner call (a hung GPU, a deadlock) stops the pings and systemd
+        restarts the daemon; so does a blocked event loop, which cannot run this at all.
+        """
+        silent: list[str] = []
+        while True:
+            await asyncio.sleep(interval_s / 2)
+            stalled = self.registry.stalled_engines(interval_s)
+            if stalled and stalled != silent:
+                log.error("engine(s) %s stopped stepping; withholding the watchdog ping", ", ".join(stalled))
+                self.notifier.status(f"engine(s) {', '.join(stalled)} stalled")
+            silent = stalled
+            if not stalled:
+                self.notifier.notify("WATCHDOG=1")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -117,17 +179,23 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.watchdog_s:
+            self._background(self.feed_watchdog(self.watchdog_s))
         starting = asyncio.create_task(self.start())
         await self._stop.wait()
         if not starting.done():
             starting.cancel()
         await self.drain()
+        for task in list(self._tasks):
+            task.cancel()
 
 
-async def _run(config: Config, notify_socket: str | None) -> None:
+async def _run(config: Config, notify_socket: str | None, watchdog_s: float | None) -> None:
     # grpc.aio binds the server to the running loop, so it must be built inside it.
-    await Daemon(config, Notifier(notify_socket)).run()
+    await Daemon(config, Notifier(notify_socket), watchdog_s).run()
 
 
-def serve(config: Config, notify_socket: str | None = None) -> None:
-    asyncio.run(_run(config, notify_socket))
+def serve(config: Config, notify_socket: str | None = None, watchdog_s: float | None = None) -> None:
+    """Runs the daemon until SIGTERM; `watchdog_s` is systemd's WatchdogSec when it asks for pings."""
+    asyncio.run(_run(config, notify_socket, watchdog_s))

@@ -18,7 +18,9 @@ import grpc
 from appliance.errors import ApplianceError, NotAllowed, QueueFull
 from appliance.server.keys import ApiKey, KeyRights, KeyStore
 
-ANONYMOUS = ApiKey("anonymous", "anonymous", KeyRights())
+# Without a key store the operator has chosen an open server (a loopback or lab box): every
+# caller has every right, the admin one included.
+ANONYMOUS = ApiKey("anonymous", "anonymous", KeyRights(admin=True))
 
 
 class Unauthenticated(ApplianceError):
@@ -87,6 +89,11 @@ class Authenticator:
         if key is None:
             raise Unauthenticated("invalid or revoked API key")
         return key
+
+    @staticmethod
+    def check_admin(key: ApiKey) -> None:
+        if not key.rights.admin:
+            raise NotAllowed("this call needs a key with the admin right (appliance keys add --admin)")
 
     @staticmethod
     def check_model(key: ApiKey, model: str) -> None:

@@ -8,7 +8,8 @@ from appliance.engine.chat import ChatMessage
 from appliance.engine.request import TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import InvalidRequest
-from appliance.registry import ModelState, ServedModel
+from appliance.registry import ModelState, ReloadOutcome, ReloadResult, ServedModel
+from appliance.v1 import admin_pb2
 from appliance.v1 import inference_pb2 as pb
 
 MAX_PROMPT_CHARS = 1_000_000
@@ -100,7 +101,8 @@ def redact_response(result) -> pb.RedactResponse:
 
 
 def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
-                      redactions: dict[tuple[str, str], int] | None = None) -> pb.GenerateResponse:
+                      redactions: dict[tuple[str, str], int] | None = None,
+                      model_version: str = "") -> pb.GenerateResponse:
     """One stream message: `text` is the event's text after the output redaction stage."""
     response = pb.GenerateResponse(text=text)
     if not hide_tokens:
@@ -114,6 +116,7 @@ def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
         response.finish_reason = _FINISH_REASONS[event.finish_reason]
         response.usage.prompt_tokens = event.prompt_tokens
         response.usage.completion_tokens = event.completion_tokens
+        response.model_version = model_version
         if event.timings is not None:
             response.timings.queue_ns = event.timings.queue_ns
             response.timings.time_to_first_token_ns = event.timings.time_to_first_token_ns
@@ -149,7 +152,8 @@ def embed_response(vectors: np.ndarray, prompt_tokens: int) -> pb.EmbedResponse:
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
     info = pb.ModelInfo(name=model.name, state=_MODEL_STATES[model.state], error=model.error,
-                        execution_provider=model.provider)
+                        execution_provider=model.provider, version=model.version,
+                        reload_error=model.reload_error)
     if model.manifest is not None:
         info.task = model.manifest.task
         info.architecture = model.manifest.architecture
@@ -160,3 +164,11 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
 
 def list_models_response(models: list[ServedModel]) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(models=[model_info(m) for m in models])
+
+
+def reload_response(results: list[ReloadResult]) -> admin_pb2.ReloadModelsResponse:
+    return admin_pb2.ReloadModelsResponse(models=[
+        admin_pb2.ModelReload(name=r.name, outcome=admin_pb2.ReloadOutcome.Value(f"RELOAD_OUTCOME_{r.outcome.name}"),
+                              version=r.version, error=r.error)
+        for r in results
+    ])

@@ -47,6 +47,8 @@ class KeyRights:
     max_concurrency: int = 0
     input_policies: tuple[str, ...] = ("off", "redact", "pseudonymize")
     output_policies: tuple[str, ...] = ("off", "redact", "restore")
+    # May call the Admin service (hot reload).
+    admin: bool = False
 
     def allows_model(self, model: str) -> bool:
         return not self.models or model in self.models

@@ -23,6 +23,11 @@ class Metrics:
         self.batch_size = Gauge("appliance_batch_size", "Sequences in the decode batch", ["model"], registry=r)
         self.kv_slots = Gauge("appliance_kv_slots_in_use", "KV cache rows held by requests", ["model"], registry=r)
         self.waiting = Gauge("appliance_queue_depth", "Requests waiting for a KV row", ["model"], registry=r)
+        self.reloads = Counter("appliance_model_reloads", "Packages dealt with by hot reloads, by outcome",
+                               ["model", "outcome"], registry=r)
+        self.reload_failed = Gauge("appliance_model_reload_failed",
+                                   "1 while a package's last reload failed and its previous version serves",
+                                   ["model"], registry=r)
         self.pii = Counter("appliance_pii_entities", "Personal-data entities redacted", ["type", "direction"],
                            registry=r)
 
@@ -34,3 +39,9 @@ class Metrics:
         self.batch_size.labels(model).set(stats.running)
         self.kv_slots.labels(model).set(stats.running + stats.prefilling)
         self.waiting.labels(model).set(stats.waiting)
+
+    def observe_reload(self, results) -> None:
+        for result in results:
+            self.reloads.labels(result.name, result.outcome.value).inc()
+            failed_but_serving = result.outcome.value == "failed" and bool(result.version)
+            self.reload_failed.labels(result.name).set(int(failed_but_serving))

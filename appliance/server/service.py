@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -58,14 +59,16 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             raise Draining("the server is draining; retry on another appliance")
         return key
 
+    @contextlib.contextmanager
     def _served(self, call: CallInfo, key, name: str, task_attr: str, needs: str):
-        """The ready model `name` for this key, with the component the RPC needs."""
+        """The ready model `name` for this key, with the component the RPC needs, held (a hot
+        reload cannot close it) until the block ends."""
         self.auth.check_model(key, convert.require_model(name))
-        model = self.registry.get(name)
-        call.model = model.name
-        if getattr(model, task_attr) is None:
-            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; this call needs {needs}")
-        return model
+        with self.registry.hold(name) as model:
+            call.model = model.name
+            if getattr(model, task_attr) is None:
+                raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; this call needs {needs}")
+            yield model
 
     def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
         """Meters every call's end: an access log line, metrics by status, usage per key, model, day."""
@@ -81,7 +84,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     @stream_errors
     async def Generate(self, request, context: grpc.aio.ServicerContext, call: CallInfo):
         key = self._caller(context, call)
-        model = self._served(call, key, request.model, "engine", "text-generation")
+        with self._served(call, key, request.model, "engine", "text-generation") as model:
+            # Closed here, not by the garbage collector, so the row is freed before the hold ends.
+            async with contextlib.aclosing(self._generate(request, context, call, key, model)) as stream:
+                async for message in stream:
+                    yield message
+
+    async def _generate(self, request, context: grpc.aio.ServicerContext, call: CallInfo, key, model):
         messages = convert.chat_messages(request)
         params = convert.generate_params(request, self.default_max_tokens)
         if messages is not None and model.chat is None:
@@ -115,7 +124,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 text += redaction.finish()
                 redacted = self.redaction.audit(call.request_id, redaction)
                 self._observe_generation(model.name, event, redacted)
-                yield convert.generate_response(event, text, redaction.hides_tokens, redacted)
+                yield convert.generate_response(event, text, redaction.hides_tokens, redacted, model.version)
         finally:
             self.active_streams -= 1
             lease.release(call.prompt_tokens + call.completion_tokens)
@@ -137,13 +146,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     @unary_errors
     async def Embed(self, request, context, call: CallInfo):
         key = self._caller(context, call)
-        model = self._served(call, key, request.model, "embedder", "feature-extraction")
-        lease = self.auth.admit(key)
-        try:
-            vectors, call.prompt_tokens = await asyncio.to_thread(model.embedder.embed, convert.embed_texts(request),
-                                                                  request.normalize)
-        finally:
-            lease.release(call.prompt_tokens)
+        with self._served(call, key, request.model, "embedder", "feature-extraction") as model:
+            lease = self.auth.admit(key)
+            try:
+                vectors, call.prompt_tokens = await asyncio.to_thread(
+                    model.embedder.embed, convert.embed_texts(request), request.normalize)
+            finally:
+                lease.release(call.prompt_tokens)
         self.metrics.tokens.labels(model.name, "prompt").inc(call.prompt_tokens)
         return convert.embed_response(vectors, call.prompt_tokens)
 
@@ -151,23 +160,23 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def Classify(self, request, context, call: CallInfo):
         key = self._caller(context, call)
         self.auth.check_model(key, convert.require_model(request.model))
-        model = self.registry.get(request.model)
-        call.model = model.name
         texts, labels, top_k = convert.classify_request(request)
-        if model.classifier is not None and not model.classifier.per_token:
-            if labels:
-                raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
-            work = functools.partial(_with_tokens, model.classifier.classify, model.classifier.encode, texts)
-        elif model.embedder is not None:
-            work = functools.partial(zero_shot, model.embedder, texts, labels)
-        else:
-            raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
-                            "text-classification, or feature-extraction with labels")
-        lease = self.auth.admit(key)
-        try:
-            ranked, call.prompt_tokens = await asyncio.to_thread(work)
-        finally:
-            lease.release(call.prompt_tokens)
+        with self.registry.hold(request.model) as model:
+            call.model = model.name
+            if model.classifier is not None and not model.classifier.per_token:
+                if labels:
+                    raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
+                work = functools.partial(_with_tokens, model.classifier.classify, model.classifier.encode, texts)
+            elif model.embedder is not None:
+                work = functools.partial(zero_shot, model.embedder, texts, labels)
+            else:
+                raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
+                                "text-classification, or feature-extraction with labels")
+            lease = self.auth.admit(key)
+            try:
+                ranked, call.prompt_tokens = await asyncio.to_thread(work)
+            finally:
+                lease.release(call.prompt_tokens)
         return convert.classify_response(ranked, top_k, call.prompt_tokens)
 
     @unary_errors

@@ -245,7 +245,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ns: _Optional[int] = ..., time_to_first_token_ns: _Optional[int] = ..., decode_ns: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "token_ids", "finish_reason", "usage", "timings", "logprobs", "redactions")
+    __slots__ = ("text", "token_ids", "finish_reason", "usage", "timings", "logprobs", "redactions", "model_version")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     REDACTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: FinishReason
@@ -260,7 +261,8 @@ class GenerateResponse(_message.Message):
     timings: Timings
     logprobs: _containers.RepeatedCompositeFieldContainer[GeneratedTokenLogprobs]
     redactions: _containers.RepeatedCompositeFieldContainer[EntityCount]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[GeneratedTokenLogprobs, _Mapping]]] = ..., redactions: _Optional[_Iterable[_Union[EntityCount, _Mapping]]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[GeneratedTokenLogprobs, _Mapping]]] = ..., redactions: _Optional[_Iterable[_Union[EntityCount, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "texts", "normalize")
@@ -291,7 +293,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider")
+    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider", "version", "reload_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +302,8 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     architecture: str
@@ -308,7 +312,9 @@ class ModelInfo(_message.Message):
     state: ModelState
     error: str
     execution_provider: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    version: str
+    reload_error: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., reload_error: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
