@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install proto clean
+.PHONY: demo test install proto clean install-service uninstall-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 # Regenerates the wire stubs from proto/; tests/test_proto_stubs.py fails when they drift.
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+# The systemd service (unit, sysusers.d, tmpfiles.d, example config, README); `install` above is the
+# venv. Honours DESTDIR, APPLIANCE_BIN (ExecStart's binary), UNITDIR, PURGE=1: see systemd/install.sh.
+install-service:
+	systemd/install.sh install
+
+uninstall-service:
+	systemd/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build *.egg-info
