@@ -141,7 +141,7 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bo
 class InProcessDaemon:
     """The daemon on its own event loop in a thread, so tests can reach inside (registry, stats)."""
 
-    def __init__(self, config):
+    def __init__(self, config, **daemon_args):
         import asyncio
         import threading
 
@@ -154,7 +154,9 @@ class InProcessDaemon:
             from appliance.server.app import Daemon
 
             try:
-                self.daemon, self.loop = Daemon(config), asyncio.get_running_loop()
+                self.daemon, self.loop = Daemon(config, **daemon_args), asyncio.get_running_loop()
+                if self.daemon.watchdog_s:
+                    self.daemon._background(self.daemon.feed_watchdog(self.daemon.watchdog_s))
                 await self.daemon.start()
             except BaseException as exc:
                 self._failure.append(exc)

@@ -112,7 +112,7 @@ class Daemon:
             raise Draining("the server is draining; reload refused")
         async with self._reloading:
             log.info("reloading models from %s", self.config.server.models)
-            self.notifier.notify("RELOADING=1", "STATUS=reloading models")
+            self.notifier.reloading("reloading models")
             results = await asyncio.to_thread(self.registry.reload)
             self.metrics.observe_reload(results)
             if not self.service.draining:
@@ -153,7 +153,7 @@ class Daemon:
                 self.notifier.status(f"engine(s) {', '.join(stalled)} stalled")
             silent = stalled
             if not stalled:
-                self.notifier.notify("WATCHDOG=1")
+                self.notifier.watchdog()
 
     def request_stop(self) -> None:
         self._stop.set()

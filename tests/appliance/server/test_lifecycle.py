@@ -163,28 +163,6 @@ def test_bad_config_exits_2_naming_the_field(tmp_path, toml, field):
     assert field in done.stderr
 
 
-def test_sd_notify_ready_after_warm_up_and_stopping_on_drain(models_dir, tmp_path):
-    import socket
-
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.settimeout(60)
-        daemon = DaemonProcess(models_dir, env={"NOTIFY_SOCKET": address})
-        messages = []
-        while not any("READY=1" in m for m in messages):
-            messages.append(sock.recv(4096).decode())
-        # READY=1 comes only once health already says SERVING.
-        from appliance.client import ApplianceClient
-
-        with ApplianceClient(daemon.target) as client:
-            assert client.health() == "SERVING"
-        assert "STATUS=serving on" in messages[-1] and "llama=ready" in messages[-1]
-        daemon.proc.terminate()
-        assert "STOPPING=1" in sock.recv(4096).decode()
-        assert daemon.stop() == 0
-
-
 def test_example_config_is_valid():
     from tests.conftest import REPO
 
