@@ -8,7 +8,7 @@ from appliance.engine.chat import ChatMessage
 from appliance.engine.request import TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import InvalidRequest
-from appliance.registry import ModelState, ReloadOutcome, ReloadResult, ServedModel
+from appliance.registry import ModelState, ReloadResult, ServedModel
 from appliance.v1 import admin_pb2
 from appliance.v1 import inference_pb2 as pb
 

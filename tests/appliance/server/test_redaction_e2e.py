@@ -82,7 +82,7 @@ def test_streamed_pii_never_reaches_the_client(daemon, models_dir):
         chunks = list(client.generate("llama", "Hello", max_tokens=length, ignore_eos=True,
                                       redaction=("", "redact")))
     streamed = "".join(c.text for c in chunks)
-    assert streamed == f"Sure! Write to [EMAIL_ADDRESS], pay with card [CREDIT_CARD], 身份证号[CN_RESIDENT_ID]。Thanks."
+    assert streamed == "Sure! Write to [EMAIL_ADDRESS], pay with card [CREDIT_CARD], 身份证号[CN_RESIDENT_ID]。Thanks."
     assert not any(value in c.text for c in chunks for value in RAW_VALUES)
     assert all(not c.token_ids for c in chunks)  # ids would decode back to the raw text
     assert chunks[-1].redactions == {("output", "EMAIL_ADDRESS"): 1, ("output", "CREDIT_CARD"): 1,

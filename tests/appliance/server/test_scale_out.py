@@ -12,7 +12,7 @@ from typing import Optional
 import grpc
 
 from appliance.client import ApplianceClient
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess
 
 WORKERS = 8
 MAX_TOKENS = 120

@@ -249,7 +249,6 @@ def _certificates(tmp_path):
 
     ca_key, rogue_key, server_key, client_key, stranger_key = (key() for _ in range(5))
     ca = cert(ca_key, "appliance test CA", ca_key, "appliance test CA", ca=True)
-    rogue = cert(rogue_key, "rogue CA", rogue_key, "rogue CA", ca=True)
     server = cert(server_key, "localhost", ca_key, "appliance test CA",
                   san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     files = {"ca.pem": pem(ca), "server.pem": pem(server), "server.key": pem_key(server_key),
