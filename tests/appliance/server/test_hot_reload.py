@@ -138,11 +138,16 @@ def test_a_broken_package_leaves_the_old_version_serving(served, models_dir, cap
         assert metrics.get_sample_value("appliance_model_reload_failed", {"model": "chat"}) == 0
 
 
-def test_reload_adds_new_packages_and_removes_gone_ones(served, models_dir):
+def test_reload_adds_new_packages_and_removes_gone_ones(served, models_dir, capsys):
+    from appliance.cli import main
+
     with in_process(served) as d, ApplianceClient(d.target, timeout_s=60) as client:
         put_package(models_dir / "gpt2", served, "writer")
+        assert main(["reload", "--target", d.target]) == 0  # the operator's command
+        printed = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines())
+        assert printed == {"chat": "unchanged", "writer": "added"}
         outcomes = {r.name: r.outcome for r in client.reload_models()}
-        assert outcomes == {"chat": "unchanged", "writer": "added"}
+        assert outcomes == {"chat": "unchanged", "writer": "unchanged"}
         assert list(client.generate("writer", "hi", max_tokens=2, ignore_eos=True))[-1].completion_tokens == 2
 
         old_chat = d.daemon.registry.lookup("chat")
