@@ -153,7 +153,7 @@ def read_manifest(package_dir: Path) -> Manifest:
         raise PackageError(name, f"no {MANIFEST_NAME}")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(name, f"{MANIFEST_NAME} is not valid JSON ({exc.__class__.__name__})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:

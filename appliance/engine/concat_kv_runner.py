@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from appliance.engine.providers import RuntimeOptions, create_session
+from appliance.engine.package_session import open_package_session
+from appliance.engine.providers import RuntimeOptions
 from appliance.model_package import Manifest
 
 class ConcatKVRunner:
@@ -22,7 +23,7 @@ class ConcatKVRunner:
         self.layout = manifest.kv_layout
         self.max_batch = max_batch
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
-        self.session = create_session(str(package_dir / manifest.model_file), options)
+        self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
         self._takes_positions = "position_ids" in {i.name for i in self.session.get_inputs()}
         self._kv_dtype = np.dtype(self.layout.dtype)

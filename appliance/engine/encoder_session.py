@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from appliance.engine.providers import RuntimeOptions, create_session
+from appliance.engine.package_session import open_package_session
+from appliance.engine.providers import RuntimeOptions
 from appliance.errors import InvalidRequest
 from appliance.model_package import Manifest
 
@@ -16,7 +17,7 @@ MAX_BATCH_TEXTS = 256
 
 class EncoderSession:
     def __init__(self, package_dir: Path, manifest: Manifest, tokenizer: Tokenizer, options: RuntimeOptions):
-        self.session = create_session(str(package_dir / manifest.model_file), options)
+        self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer = tokenizer

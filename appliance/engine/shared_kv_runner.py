@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from appliance.engine.providers import RuntimeOptions, create_session
+from appliance.engine.package_session import open_package_session
+from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
 
@@ -29,7 +30,7 @@ class SharedKVRunner:
         self.max_batch = max_batch
         # The operator may cap the context below the model's to bound KV memory.
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
-        self.session = create_session(str(package_dir / manifest.model_file), options)
+        self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
         dtype = np.dtype(layout.dtype)
         shape = (max_batch, layout.num_kv_heads, self.context_length, layout.head_dim)

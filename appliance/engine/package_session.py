@@ -1,0 +1,116 @@
+"""Opens a package's graph as the manifest describes it, or refuses it saying why.
+
+Hashes prove the files are the ones the manifest lists; they do not prove the manifest tells the
+truth about them. Before a session serves requests this checks that a TensorRT engine the
+operator would use was built for this host, that ONNX Runtime can load the graph at all, and that
+the graph's inputs and outputs (names, dtypes, ranks, fixed sizes) and the KV layout are the ones
+the manifest declares. Every refusal is a PackageError naming the file or manifest field.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import onnxruntime as ort
+
+from appliance.engine.providers import RuntimeOptions, create_session
+from appliance.errors import PackageError
+from appliance.model_package import Manifest, TensorSpec
+
+_ORT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+@functools.lru_cache(maxsize=1)
+def host_tensorrt() -> tuple[Optional[str], Optional[str]]:
+    """(GPU compute capability, TensorRT version) of this host; None where there is none."""
+    try:
+        version = importlib.metadata.version("tensorrt")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    capability = None
+    if shutil.which("nvidia-smi"):
+        try:
+            done = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=10)
+            capability = done.stdout.strip().splitlines()[0].strip() if done.returncode == 0 and done.stdout else None
+        except (OSError, subprocess.SubprocessError):
+            capability = None
+    return capability, version
+
+
+def check_tensorrt_targets(package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> None:
+    """Refuses a TensorRT engine built for another GPU or TensorRT version, when the config asks
+    for TensorRT (otherwise the engine is never used and the graph runs on CUDA or CPU)."""
+    if "tensorrt" not in options.providers:
+        return
+    capability, version = host_tensorrt()
+    for target in manifest.targets:
+        if target.name != "tensorrt":
+            continue
+        engine = target.engine_model or "the TensorRT engine"
+        built = f"compute capability {target.compute_capability} ({target.gpu_name or 'unknown GPU'}), " \
+                f"TensorRT {target.tensorrt_version}"
+        here = f"compute capability {capability or 'none'}, TensorRT {version or 'none'}"
+        if target.compute_capability != capability or target.tensorrt_version != version:
+            raise PackageError(package_dir.name, f"{engine} was built for {built}; this host has {here}")
+
+
+def _dtype(ort_type: str) -> str:
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    return _ORT_DTYPES.get(name, name)
+
+
+def _compare(package: str, model_file: str, kind: str, declared: list[TensorSpec], actual: dict) -> None:
+    for spec in declared:
+        graph = actual.get(spec.name)
+        if graph is None:
+            raise PackageError(package, f"manifest io: {spec.name} is not an {kind} of {model_file}")
+        if _dtype(graph.type) != spec.dtype or len(graph.shape) != len(spec.shape) or any(
+                isinstance(d, int) and isinstance(g, int) and d != g for d, g in zip(spec.shape, graph.shape)):
+            raise PackageError(package, f"manifest io: {kind} {spec.name} is {spec.dtype}{list(spec.shape)} in the "
+                                        f"manifest but {_dtype(graph.type)}{list(graph.shape)} in {model_file}")
+    extra = sorted(set(actual) - {s.name for s in declared})
+    if extra:
+        raise PackageError(package, f"manifest io: {model_file} has {kind} {extra[0]} that the manifest does not list")
+
+
+def check_signature(package: str, manifest: Manifest, session: ort.InferenceSession) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    _compare(package, manifest.model_file, "input", manifest.io.inputs, inputs)
+    _compare(package, manifest.model_file, "output", manifest.io.outputs, outputs)
+    layout = manifest.kv_layout
+    if layout is None:
+        return
+    for layer in range(layout.num_layers + 1):
+        for pattern in (layout.past_key, layout.past_value):
+            name = pattern % layer
+            present = name in inputs
+            if layer == layout.num_layers:
+                if present:
+                    raise PackageError(package, f"manifest kv_layout.num_layers {layout.num_layers}: "
+                                                f"{manifest.model_file} has {name}")
+                continue
+            if not present:
+                raise PackageError(package, f"manifest kv_layout: {manifest.model_file} has no input {name}")
+            shape = inputs[name].shape
+            for index, field, value in ((1, "num_kv_heads", layout.num_kv_heads), (3, "head_dim", layout.head_dim)):
+                if len(shape) == 4 and isinstance(shape[index], int) and shape[index] != value:
+                    raise PackageError(package, f"manifest kv_layout.{field} {value} does not match {name} "
+                                                f"{list(shape)} in {manifest.model_file}")
+
+
+def open_package_session(package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> ort.InferenceSession:
+    check_tensorrt_targets(package_dir, manifest, options)
+    try:
+        session = create_session(str(package_dir / manifest.model_file), options)
+    except Exception as exc:  # ORT's own errors: their text may quote the file, so the class only
+        raise PackageError(package_dir.name, f"file {manifest.model_file} cannot be loaded by ONNX Runtime "
+                                             f"({exc.__class__.__name__})") from None
+    check_signature(package_dir.name, manifest, session)
+    return session
