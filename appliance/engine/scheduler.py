@@ -111,9 +111,17 @@ class Scheduler:
         if self.prefilling is not None and self.prefilling.row != len(self.running):
             self._relocate(self.prefilling, len(self.running))
 
+    def requests(self) -> list[GenerationRequest]:
+        """Every request held: running, prefilling, completing its prompt in the step now running
+        (until commit: a step that fails must still find and fail it), waiting."""
+        prefilling = [self.prefilling] if self.prefilling is not None else []
+        return [*self.running, *prefilling, *self._pending_running, *self.waiting]
+
     def finish(self, request: GenerationRequest, status: RequestStatus) -> None:
         """Frees a request's row (compacting the batch) or drops it from the queue."""
         request.status = status
+        if request in self._pending_running:  # its step failed before commit
+            self._pending_running.remove(request)
         # Compaction always empties the highest occupied row, whichever request left.
         highest_row = len(self.running) - (self.prefilling is None)
         had_row = request.row >= 0
