@@ -267,9 +267,8 @@ class GenerationEngine:
 
     def _fail_all(self, exc: Exception) -> None:
         s = self.scheduler
-        for request in [*s.running, s.prefilling, *s.waiting]:
-            if request is not None:
-                s.finish(request, RequestStatus.FINISHED_ERROR)
-                self._emit(request, TokenEvent((), "", finish_reason="error", error=exc))
-                with self._lock:
-                    self._admitted -= 1
+        for request in s.requests():
+            s.finish(request, RequestStatus.FINISHED_ERROR)
+            self._emit(request, TokenEvent((), "", finish_reason="error", error=exc))
+            with self._lock:
+                self._admitted -= 1
