@@ -113,7 +113,7 @@ class ModelRegistry:
         return sorted(self._models)
 
     def entries(self) -> list[ServedModel]:
-        models = dict(self._models)
+        models = dict(self._models)  # one copy (made under the GIL): a reload may change the dict
         return [models[name] for name in sorted(models)]
 
     def lookup(self, name: str) -> ServedModel:
@@ -219,7 +219,7 @@ class ModelRegistry:
 
     @property
     def any_ready(self) -> bool:
-        return any(m.state is ModelState.READY for m in self._models.values())
+        return any(m.state is ModelState.READY for m in self.entries())
 
     def _load(self, model: ServedModel) -> None:
         model.version = package_version(model.path)
