@@ -7,6 +7,19 @@ field or file at fault and the reason.
 
 from __future__ import annotations
 
+import re
+
+# Package names (folder names) as errors may quote them: anything else a caller sends as a model
+# name (an email, a card number pasted into the wrong field) is described, never echoed.
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DIGIT_RUN = re.compile(r"\d{5}")
+
+
+def quoted_name(name: str) -> str:
+    if _PACKAGE_NAME.fullmatch(name) and not _DIGIT_RUN.search(name):
+        return repr(name)
+    return f"(a name of {len(name)} characters, not shown)"
+
 
 class ApplianceError(Exception):
     """Base class; anything else that escapes a handler becomes INTERNAL with no detail."""
@@ -29,7 +42,7 @@ class ModelNotFound(ApplianceError):
     status_name = "NOT_FOUND"
 
     def __init__(self, name: str):
-        super().__init__(f"model {name!r} is not served here")
+        super().__init__(f"model {quoted_name(name)} is not served here")
         self.name = name
 
 

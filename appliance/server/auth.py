@@ -15,7 +15,7 @@ from typing import Optional
 
 import grpc
 
-from appliance.errors import ApplianceError, NotAllowed, QueueFull
+from appliance.errors import ApplianceError, NotAllowed, QueueFull, quoted_name
 from appliance.server.keys import ApiKey, KeyRights, KeyStore
 
 # Without a key store the operator has chosen an open server (a loopback or lab box): every
@@ -98,7 +98,7 @@ class Authenticator:
     @staticmethod
     def check_model(key: ApiKey, model: str) -> None:
         if not key.rights.allows_model(model):
-            raise NotAllowed(f"model: this key may not use {model!r}")
+            raise NotAllowed(f"model: this key may not use {quoted_name(model)}")
 
     def admit(self, key: ApiKey) -> Lease:
         """Applies the key's request rate, token rate and concurrency limits (RESOURCE_EXHAUSTED)."""
