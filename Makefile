@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install proto clean install-service uninstall-service
+.PHONY: demo test reliability install proto clean install-service uninstall-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q
+
+# The reliability and security suite at full size (fuzzing, broken packages, client faults, 4x
+# overload, 2,000-request soak, PII canary); prints a table of its figures. Its quick twins run in `make test`.
+reliability: $(STAMP)
+	HF_HUB_OFFLINE=1 RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability -m "slow or not slow" -q
 
 # Regenerates the wire stubs from proto/; tests/test_proto_stubs.py fails when they drift.
 proto: $(STAMP)
