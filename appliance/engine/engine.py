@@ -119,9 +119,7 @@ class GenerationEngine:
             raise InvalidRequest("prompt", f"has {len(prompt_ids)} tokens; the model's context holds "
                                            f"{self.context_length}")
         with self._lock:
-            waiting = self._admitted - self.config.max_batch
-            if waiting >= self.config.max_queue:
-                raise QueueFull(f"{self.config.max_batch} requests run and {self.config.max_queue} wait already")
+            self._refuse_when_full()
             self._admitted += 1
         request = GenerationRequest(uuid.uuid4().hex, list(prompt_ids), params, emit, deadline_ns)
         self._inbox.put(request)
@@ -144,6 +142,15 @@ class GenerationEngine:
         finally:
             request.cancel()
             self._inbox.put(None)  # wake the engine so the row is freed now
+
+    def _refuse_when_full(self) -> None:
+        if self._admitted - self.config.max_batch >= self.config.max_queue:
+            raise QueueFull(f"{self.config.max_batch} requests run and {self.config.max_queue} wait already")
+
+    def check_room(self) -> None:
+        """QueueFull now if a request submitted now would be refused (submit decides for good)."""
+        with self._lock:
+            self._refuse_when_full()
 
     def stop_admitting(self) -> None:
         self._admitting = False

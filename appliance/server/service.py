@@ -13,7 +13,7 @@ import grpc
 
 from appliance.engine.chat import ChatMessage
 from appliance.engine.classifier import zero_shot
-from appliance.errors import Draining, InvalidRequest, QueueFull, WrongTask
+from appliance.errors import Draining, InvalidRequest, WrongTask
 from appliance.registry import ModelRegistry
 from appliance.server import convert
 from appliance.server.auth import Authenticator
@@ -108,10 +108,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 prompt = redaction.prompt(request.prompt)
             return engine.tokenize(prompt)
 
-        held = engine.stats()
-        if held.running + held.prefilling + held.waiting >= engine.config.max_batch + engine.config.max_queue:
-            # Refused at once, before the prompt is scanned and tokenized (submit checks exactly).
-            raise QueueFull(f"{engine.config.max_batch} requests run and {engine.config.max_queue} wait already")
+        engine.check_room()  # a full engine refuses at once, before the prompt is scanned and tokenized
         prompt_ids = await asyncio.to_thread(prepare)
         call.prompt_tokens = len(prompt_ids)
         lease = self.auth.admit(key)
