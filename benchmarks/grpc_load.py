@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from serving import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 LEVELS = (1, 4, 8, 16, 32)
 
@@ -57,24 +57,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from tokenizers import Tokenizer
-
     from appliance.async_client import AsyncApplianceClient
-    from appliance.engine.engine import GenerationEngine
-    from appliance.engine.providers import RuntimeOptions
-    from appliance.engine.runners import open_decoder_runner
     from appliance.engine.sampling import SamplingParams
     from appliance.engine.scheduler import SchedulerConfig
-    from appliance.model_package import open_package
 
     package = args.package.resolve()
-    manifest = open_package(package)
-    tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
     prompts = [f"Customer {i} asks: where is my parcel number {1000 + i}? It was due last week." for i in range(32)]
     scheduling = SchedulerConfig(max_batch=args.max_batch, max_step_tokens=1024, prefill_chunk=256, max_queue=64)
-    engine = GenerationEngine(open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=args.threads),
-                                                  max_batch=args.max_batch, max_context=1024),
-                              tokenizer, [], scheduling)
+    engine, tokenizer, _ = open_engine(package, args.threads, scheduling, max_context=1024)
 
     def local(i):
         async def stream():

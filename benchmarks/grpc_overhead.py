@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving import serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from serving import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PROMPT = "The appliance answers questions about orders and refunds in plain words:"
 
@@ -48,19 +48,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from tokenizers import Tokenizer
-
     from appliance.client import ApplianceClient
-    from appliance.engine.runners import open_decoder_runner
-    from appliance.engine.engine import GenerationEngine
-    from appliance.engine.providers import RuntimeOptions
-    from appliance.model_package import open_package
 
     package = args.package.resolve()
-    manifest = open_package(package)
-    tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
-    engine = GenerationEngine(open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=args.threads)),
-                              tokenizer, manifest.eos_token_ids)
+    engine, tokenizer, manifest = open_engine(package, args.threads)
     try:
         with serve_alone(package, threads=args.threads) as (target, _), ApplianceClient(target) as client:
             local, remote = [], []

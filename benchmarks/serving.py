@@ -1,4 +1,5 @@
-"""Starting the daemon for a benchmark: one package alone, on a free loopback port, SERVING."""
+"""Serving one package for a benchmark: the daemon alone on a free loopback port (SERVING), or the
+same engine in this process for the side-by-side figure."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def serve_alone(package: Path, config_toml: str = "", threads: int = 2,
         finally:
             daemon.terminate()
             daemon.wait(60)
+
+
+def open_engine(package: Path, threads: int, scheduling=None, max_context: int = 0):
+    """(engine, tokenizer, manifest) for `package` in this process, as the daemon would build them."""
+    from tokenizers import Tokenizer
+
+    from appliance.engine.engine import GenerationEngine
+    from appliance.engine.providers import RuntimeOptions
+    from appliance.engine.runners import open_decoder_runner
+    from appliance.model_package import open_package
+
+    manifest = open_package(package)
+    tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
+    max_batch = scheduling.max_batch if scheduling is not None else 1
+    runner = open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=threads), max_batch, max_context)
+    return GenerationEngine(runner, tokenizer, manifest.eos_token_ids, scheduling), tokenizer, manifest
