@@ -155,8 +155,6 @@ class InProcessDaemon:
 
             try:
                 self.daemon, self.loop = Daemon(config, **daemon_args), asyncio.get_running_loop()
-                if self.daemon.watchdog_s:
-                    self.daemon._background(self.daemon.feed_watchdog(self.daemon.watchdog_s))
                 await self.daemon.start()
             except BaseException as exc:
                 self._failure.append(exc)

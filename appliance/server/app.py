@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.errors import Draining
-from appliance.registry import ModelRegistry, ReloadResult
+from appliance.registry import ModelRegistry, ReloadOutcome, ReloadResult
 from appliance.server.admin import AdminService
 from appliance.server.auth import Authenticator
 from appliance.server.config import Config
@@ -90,6 +90,8 @@ class Daemon:
             await self.health.set(name, status)
 
     async def start(self) -> None:
+        if self.watchdog_s:
+            self._background(self.feed_watchdog(self.watchdog_s))
         await self._set_health(False)
         await self.server.start()
         if self.config.server.metrics_listen:
@@ -117,7 +119,7 @@ class Daemon:
             self.metrics.observe_reload(results)
             if not self.service.draining:
                 await self._set_health(self.registry.any_ready)
-            changed = [f"{r.name} {r.outcome.value}" for r in results if r.outcome.value != "unchanged"]
+            changed = [f"{r.name} {r.outcome.value}" for r in results if r.outcome is not ReloadOutcome.UNCHANGED]
             log.info("reload done: %s", ", ".join(changed) or "nothing changed")
             self.notifier.ready(f"serving on {self.config.server.listen}: {self._summary()}")
             return results
@@ -180,8 +182,6 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        if self.watchdog_s:
-            self._background(self.feed_watchdog(self.watchdog_s))
         starting = asyncio.create_task(self.start())
         await self._stop.wait()
         if not starting.done():

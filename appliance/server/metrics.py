@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from appliance.registry import ReloadOutcome, ReloadResult
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -40,8 +42,8 @@ class Metrics:
         self.kv_slots.labels(model).set(stats.running + stats.prefilling)
         self.waiting.labels(model).set(stats.waiting)
 
-    def observe_reload(self, results) -> None:
+    def observe_reload(self, results: list[ReloadResult]) -> None:
         for result in results:
             self.reloads.labels(result.name, result.outcome.value).inc()
-            failed_but_serving = result.outcome.value == "failed" and bool(result.version)
+            failed_but_serving = result.outcome is ReloadOutcome.FAILED and bool(result.version)
             self.reload_failed.labels(result.name).set(int(failed_but_serving))

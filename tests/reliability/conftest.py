@@ -93,12 +93,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 # ---- shared helpers -----------------------------------------------------------------------------
 
-def rss_bytes() -> int:
-    """This process's resident set (the in-process daemon lives here)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident set; by default this one's (where an in-process daemon lives)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def copy_packages(models_dir: Path, root: Path, names: tuple[str, ...]) -> Path:

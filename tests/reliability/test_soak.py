@@ -11,7 +11,6 @@ import random
 import re
 import threading
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +20,7 @@ from appliance.server.keys import KeyRights, KeyStore
 from appliance.server.usage import read_usage
 from appliance.v1 import inference_pb2 as pb
 from tests.conftest import DaemonProcess, free_port
-from tests.reliability.conftest import SCALES, copy_packages, sized
+from tests.reliability.conftest import SCALES, copy_packages, rss_bytes, sized
 from tests.reliability.daemons import SERVED
 
 RSS_GROWTH_LIMIT = 5.0
@@ -52,11 +51,6 @@ keys_db = "{tmp_path / 'keys.db'}"
         yield daemon, {name: (key.id, token) for name, (key, token) in keys.items()}, tmp_path, metrics
     finally:
         daemon.stop()
-
-
-def daemon_rss(daemon: DaemonProcess) -> int:
-    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
 
 def held_rows(metrics: str) -> float:
@@ -145,9 +139,9 @@ def test_soak_keeps_memory_flat_and_usage_exact(soaked, figures, scale):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         done = list(pool.map(go, plan[:warm]))
-        rss_warm = daemon_rss(daemon)
+        rss_warm = rss_bytes(daemon.proc.pid)
         done += list(pool.map(go, plan[warm:]))
-    growth = 100.0 * (daemon_rss(daemon) - rss_warm) / rss_warm
+    growth = 100.0 * (rss_bytes(daemon.proc.pid) - rss_warm) / rss_warm
     # One last request on its own: the gauges it leaves behind say what the soak left held.
     one_request(daemon.target, *keys["alpha"], "generate", random.Random(0), expected, lock)
     held = held_rows(metrics)
