@@ -203,9 +203,7 @@ class GenerationEngine:
     def _reap(self) -> None:
         """Frees cancelled and expired requests before the step is scheduled."""
         now = time.monotonic_ns()
-        for request in [*self.scheduler.running, self.scheduler.prefilling, *self.scheduler.waiting]:
-            if request is None:
-                continue
+        for request in self.scheduler.requests():
             if request.cancel_event.is_set():
                 self._finish(request, RequestStatus.FINISHED_CANCELLED)
             elif request.expired(now):
