@@ -1,4 +1,8 @@
-"""The `appliance` command: serve, generate, embed, models."""
+"""The `appliance` command: serve, generate, chat, embed, classify, models, reload, redact, keys, usage.
+
+Every failure a user can cause (a bad flag, a missing file, an unreachable appliance, ^C, a closed
+pipe) ends in one line on stderr and an exit code: 2 for bad usage, flags or files, 1 for a
+failed call, 130 for ^C; never a traceback."""
 
 from __future__ import annotations
 
@@ -11,12 +15,18 @@ from pathlib import Path
 
 import grpc
 
+from appliance import cli_args as types
+from appliance.errors import ConfigError, InvalidRequest
 
-def _client(args):
+
+class UsageError(Exception):
+    """A bad flag or file found after parsing; main prints it as one line and exits 2."""
+
+
+def _client(args, balance=None):
     from appliance.client import ApplianceClient
 
-    roots = args.ca_file.read_bytes() if args.ca_file else None
-    return ApplianceClient(args.target, api_key=args.api_key, root_certificates=roots)
+    return ApplianceClient(args.target, api_key=args.api_key, root_certificates=args.ca_file, balance=balance)
 
 
 def _watchdog_interval() -> float | None:
@@ -53,6 +63,9 @@ def _serve(args) -> int:
     except (ApplianceError, OSError) as exc:
         print(f"appliance serve: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug, not the operator's doing: still one line; the log has it too
+        print(f"appliance serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -66,6 +79,9 @@ def _generate(args) -> int:
             sys.stdout.flush()
             last = chunk
         sys.stdout.write("\n")
+        # Where stdout is not a terminal it is block-buffered: without this flush the newline would
+        # land after the stats line when both streams go to one file or pipe (2>&1).
+        sys.stdout.flush()
         if last is not None and args.verbose:
             print(f"[{last.finish_reason}; prompt {last.prompt_tokens} tokens, completion "
                   f"{last.completion_tokens} tokens, first token after "
@@ -83,6 +99,8 @@ def _chat(args) -> int:
             except EOFError:
                 print()
                 return 0
+            if not types._is_unicode(line):
+                raise UsageError("stdin: a line is not valid UTF-8 text")
             if not line.strip():
                 continue
             history.append(("user", line))
@@ -105,9 +123,8 @@ def _embed(args) -> int:
 
 
 def _classify(args) -> int:
-    labels = dict(label.split("=", 1) if "=" in label else (label, "") for label in args.label or ())
     with _client(args) as client:
-        results = client.classify(args.model, args.texts, labels or None, top_k=args.top_k)
+        results = client.classify(args.model, args.texts, args.label or None, top_k=args.top_k)
     for text, ranked in zip(args.texts, results):
         print(json.dumps({"text": text, "labels": [{"label": n, "score": round(s, 4)} for n, s in ranked]},
                          ensure_ascii=False))
@@ -125,7 +142,13 @@ def _models(args) -> int:
 
 
 def _reload(args) -> int:
-    with _client(args) as client:
+    from appliance.client import spreads
+
+    if "," in args.target:
+        raise UsageError("--target: names several appliances; reload each appliance on its own HOST:PORT "
+                         "(a load-balanced target would reach only one of them)")
+    # Never balanced: a dns: name with several addresses must not spread a reload at random.
+    with _client(args, balance=False if spreads(args.target) else None) as client:
         results = client.reload_models()
     for r in results:
         print(f"{r.name:24} {r.outcome:9} {r.version or '-':16}" + (f"  error: {r.error}" if r.error else ""))
@@ -161,7 +184,8 @@ def _redact_with(redact, open_stream, args) -> int:
                 continue
             try:
                 text = json.loads(line)["text"]
-                if not isinstance(text, str):
+                # A JSON escape can spell a lone surrogate ("\ud800"), which no output can encode.
+                if not isinstance(text, str) or not types._is_unicode(text):
                     raise TypeError
             except (ValueError, KeyError, TypeError):
                 print(f'appliance redact: line {number}: expected a JSON object with a string "text"', file=sys.stderr)
@@ -186,17 +210,21 @@ def _redact_with(redact, open_stream, args) -> int:
 def _keys(args) -> int:
     from appliance.server.keys import KeyRights, KeyStore
 
-    store = KeyStore(args.db)
+    # Only `add` may create the file; list and revoke open an existing keys database.
+    store = KeyStore(args.db, mode={"add": "rwc", "list": "ro", "revoke": "rw"}[args.action])
     if args.action == "add":
-        rights = KeyRights(models=tuple(args.model or ()), requests_per_minute=args.requests_per_minute,
+        rights = KeyRights(models=tuple(dict.fromkeys(args.model or ())), requests_per_minute=args.requests_per_minute,
                            tokens_per_minute=args.tokens_per_minute, max_concurrency=args.max_concurrency,
-                           input_policies=tuple(args.input_policies.split(",")),
-                           output_policies=tuple(args.output_policies.split(",")), admin=args.admin)
+                           input_policies=args.input_policies, output_policies=args.output_policies,
+                           admin=args.admin)
         key, token = store.add(args.name, rights)
         print(f"created key {key.id} ({key.name}); it is shown once, store it now:\n{token}")
     elif args.action == "list":
         for key in store.list():
             state = "revoked" if key.revoked_at else "active"
+            if key.invalid:
+                print(f"{key.id}  {'invalid':8} {key.name:20} refused: {key.invalid} (revoke it and add it again)")
+                continue
             print(f"{key.id}  {state:8} {key.name:20} models={','.join(key.rights.models) or '*'} "
                   f"rpm={key.rights.requests_per_minute or '-'} tpm={key.rights.tokens_per_minute or '-'} "
                   f"concurrency={key.rights.max_concurrency or '-'}{' admin' if key.rights.admin else ''}")
@@ -220,88 +248,109 @@ def _usage(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance", description="ONNX LLM inference appliance")
+    from appliance.engine.sampling import MAX_TEMPERATURE
+    from appliance.server.keys import INPUT_POLICIES, MAX_LIMIT, OUTPUT_POLICIES
+
+    uint32, uint64 = (0, types.UINT32_MAX), (0, types.UINT64_MAX)
+    parser = types.OneLineParser(prog="appliance", description="ONNX LLM inference appliance")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC daemon")
-    serve.add_argument("--config", type=Path, help="TOML config file (flags override it)")
-    serve.add_argument("--models", type=Path, help="folder of model packages; each is served under its folder name")
-    serve.add_argument("--listen", help="HOST:PORT to listen on")
-    serve.add_argument("--providers", help="comma-separated execution providers: tensorrt,cuda,cpu")
-    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0: all cores)")
-    serve.add_argument("--grace-period", type=float, help="seconds running streams get after SIGTERM")
+    serve.add_argument("--config", type=types.path, help="TOML config file (flags override it)")
+    serve.add_argument("--models", type=types.path, help="folder of model packages; each is served under its folder name")
+    serve.add_argument("--listen", type=types.text, help="HOST:PORT to listen on")
+    serve.add_argument("--providers", type=types.text, help="comma-separated execution providers: tensorrt,cuda,cpu")
+    serve.add_argument("--threads", type=types.whole_number(0, 65535, "all cores"),
+                       help="ONNX Runtime intra-op threads (0: all cores)")
+    serve.add_argument("--grace-period", type=types.number_between(0, 86400),
+                       help="seconds running streams get after SIGTERM (0 to 86400)")
     serve.set_defaults(func=_serve)
 
     keys = sub.add_parser("keys", help="manage API keys (stored as salted hashes)")
-    keys.add_argument("--db", type=Path, required=True, help="the keys database ([auth] keys_db)")
+    keys.add_argument("--db", type=types.path, required=True,
+                      help="the keys database ([auth] keys_db); only add creates it")
     key_actions = keys.add_subparsers(dest="action", required=True)
     add = key_actions.add_parser("add", help="create a key and print it once")
-    add.add_argument("name")
-    add.add_argument("--model", action="append", help="model the key may use (repeat); default: all")
-    add.add_argument("--requests-per-minute", type=int, default=0)
-    add.add_argument("--tokens-per-minute", type=int, default=0)
-    add.add_argument("--max-concurrency", type=int, default=0)
-    add.add_argument("--input-policies", default="redact,pseudonymize",
+    add.add_argument("name", type=types.name, help="what the key is for (shown by list)")
+    add.add_argument("--model", action="append", type=types.name,
+                     help="model the key may use (repeat); default: all")
+    limit = types.whole_number(0, MAX_LIMIT, "no limit")
+    add.add_argument("--requests-per-minute", type=limit, default=0,
+                     help="requests the key may start per minute (0, the default: no limit)")
+    add.add_argument("--tokens-per-minute", type=limit, default=0,
+                     help="prompt and completion tokens the key may use per minute (0, the default: no limit)")
+    add.add_argument("--max-concurrency", type=limit, default=0,
+                     help="requests the key may have running at once (0, the default: no limit)")
+    add.add_argument("--input-policies", type=types.policies(INPUT_POLICIES), default="redact,pseudonymize",
                      help="redaction input policies the key may use (comma-separated: off,redact,pseudonymize)")
-    add.add_argument("--output-policies", default="redact,restore",
+    add.add_argument("--output-policies", type=types.policies(OUTPUT_POLICIES), default="redact,restore",
                      help="redaction output policies the key may use (comma-separated: off,redact,restore)")
     add.add_argument("--admin", action="store_true", help="the key may call the Admin service (hot reload)")
     key_actions.add_parser("list", help="list keys (never their secrets)")
     revoke = key_actions.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", type=types.text)
     keys.set_defaults(func=_keys)
 
     usage = sub.add_parser("usage", help="print metered usage per key, model and day")
-    usage.add_argument("--db", type=Path, required=True, help="the usage database ([server] usage_db)")
-    usage.add_argument("--since", help="first day to include (YYYY-MM-DD)")
+    usage.add_argument("--db", type=types.path, required=True, help="the usage database ([server] usage_db)")
+    usage.add_argument("--since", type=types.day, help="first UTC day to include (YYYY-MM-DD)")
     usage.add_argument("--csv", action="store_true", help="CSV on stdout")
     usage.set_defaults(func=_usage)
 
-    def client_command(name, help_text, func):
+    balanced_target = ("HOST:PORT of the appliance; several as ipv4:H:P,H:P (or a dns: name) are load-balanced")
+
+    def client_command(name, help_text, func, target_help=balanced_target):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the appliance; several as ipv4:H:P,H:P (or a dns: name) are load-balanced")
-        command.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"),
+        command.add_argument("--target", type=types.target, default="127.0.0.1:50051", help=target_help)
+        command.add_argument("--api-key", type=types.api_key, default=os.environ.get("APPLIANCE_API_KEY"),
                              help="API key (default: $APPLIANCE_API_KEY)")
-        command.add_argument("--ca-file", type=Path, help="PEM CA of the server certificate (turns on TLS)")
+        command.add_argument("--ca-file", type=types.pem_file, help="PEM CA of the server certificate (turns on TLS)")
         command.set_defaults(func=func)
         return command
 
+    def sampling(command):
+        command.add_argument("--model", type=types.text, required=True)
+        command.add_argument("--max-tokens", type=types.whole_number(*uint32, "the server's default"), default=0,
+                             help="most new tokens (0, the default: the server's default)")
+        command.add_argument("--temperature", type=types.number_between(0, MAX_TEMPERATURE), default=0.0,
+                             help=f"0 (the default) is greedy; up to {MAX_TEMPERATURE:g}")
+        command.add_argument("--seed", type=types.whole_number(*uint64, "a seed the server picks"), default=0,
+                             help="sampling seed (0, the default: one the server picks)")
+
     generate = client_command("generate", "stream a generation to the terminal", _generate)
-    generate.add_argument("--model", required=True)
-    generate.add_argument("--max-tokens", type=int, default=0)
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    generate.add_argument("--seed", type=int, default=0)
+    sampling(generate)
     generate.add_argument("--ignore-eos", action="store_true")
     generate.add_argument("-v", "--verbose", action="store_true", help="print usage and timing to stderr")
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", type=types.text)
 
     chat = client_command("chat", "talk with a model through its chat template", _chat)
-    chat.add_argument("--model", required=True)
-    chat.add_argument("--system", help="system message to start the conversation with")
-    chat.add_argument("--max-tokens", type=int, default=0)
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--seed", type=int, default=0)
+    sampling(chat)
+    chat.add_argument("--system", type=types.text, help="system message to start the conversation with")
 
     embed = client_command("embed", "print embeddings as JSON lines", _embed)
-    embed.add_argument("--model", required=True)
+    embed.add_argument("--model", type=types.text, required=True)
     embed.add_argument("--raw", action="store_true", help="do not normalise to unit length")
-    embed.add_argument("texts", nargs="+")
+    embed.add_argument("texts", nargs="+", type=types.text)
 
     classify = client_command("classify", "label texts (a classifier, or zero-shot with an embedding model)",
                               _classify)
-    classify.add_argument("--model", required=True)
-    classify.add_argument("--label", action="append",
-                          help="zero-shot label as NAME=DESCRIPTION (repeat); not for text-classification models")
-    classify.add_argument("--top-k", type=int, default=0)
-    classify.add_argument("texts", nargs="+")
+    classify.add_argument("--model", type=types.text, required=True)
+    classify.add_argument("--label", action=types.Labels, metavar="NAME=DESCRIPTION",
+                          help="zero-shot label (repeat, each name once); not for text-classification models")
+    classify.add_argument("--top-k", type=types.whole_number(*uint32, "all labels"), default=0,
+                          help="best labels to print per text (0, the default: all)")
+    classify.add_argument("texts", nargs="+", type=types.text)
 
     client_command("models", "list served models", _models)
-    client_command("reload", "rescan the appliance's models folder and swap in what changed (admin key)", _reload)
+    client_command("reload", "rescan the appliance's models folder and swap in what changed (admin key)", _reload,
+                   target_help="HOST:PORT of one appliance; reload each appliance of a fleet on its own address "
+                               "(a load-balanced target would reach only one)")
 
     redact = sub.add_parser("redact", help="redact PII from stdin to stdout (locally, or by the daemon with --target)")
-    redact.add_argument("--target", help="HOST:PORT of an appliance to redact with (default: this process)")
-    redact.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"))
-    redact.add_argument("--ca-file", type=Path)
+    redact.add_argument("--target", type=types.target,
+                        help="HOST:PORT of an appliance to redact with (default: this process)")
+    redact.add_argument("--api-key", type=types.api_key, default=os.environ.get("APPLIANCE_API_KEY"))
+    redact.add_argument("--ca-file", type=types.pem_file)
     redact.add_argument("--jsonl", action="store_true",
                         help='read {"text": ...} lines, write {"text", "entities"} lines')
     redact.add_argument("--operator", choices=("replace", "mask", "pseudonymize"), default="replace",
@@ -310,16 +359,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(text) -> str:
+    return " ".join(str(text or "").split())
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (`appliance ... | head`), point stdout at /dev/null so the interpreter's
+    final flush does not print "Exception ignored ... BrokenPipeError"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (tests capture it)
+        pass
+
+
+def _run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    command = f"appliance {args.command}"
     try:
         return args.func(args)
     except grpc.RpcError as exc:
-        print(f"appliance {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = exc.details() if callable(getattr(exc, "details", None)) else exc
+        print(f"{command}: {code.name if code else 'RPC failed'}: {_one_line(details)}", file=sys.stderr)
         return 1
+    except (UsageError, ConfigError, InvalidRequest) as exc:
+        print(f"{command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # e.g. stdin is a folder (`appliance redact < /etc`)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{command}: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # what a shell reports for a program that SIGPIPE ended, as `head` expects
 
 
 if __name__ == "__main__":

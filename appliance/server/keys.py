@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -18,11 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from appliance.errors import InvalidRequest
+from appliance.server.sqlite_files import database_uri, open_database
+
+log = logging.getLogger(__name__)
+
 PREFIX = "apk_"
 CACHE_S = 5.0
 # Bounds the verification cache: a stream of made-up tokens must not grow memory without end.
 CACHE_ENTRIES = 4096
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+INPUT_POLICIES = ("off", "redact", "pseudonymize")
+OUTPUT_POLICIES = ("off", "redact", "restore")
+# Limits are per minute (or requests at once); past this a limit means nothing, so it is a typo.
+MAX_LIMIT = 2**31 - 1
+MAX_NAME_CHARS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -39,19 +50,44 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 @dataclass(frozen=True)
 class KeyRights:
-    """What a key may do; empty tuples and 0 mean "no limit"."""
+    """What a key may do, validated when made: an empty `models` and a limit of 0 mean "no
+    limit"; the policies are the redaction policies the key may choose (at least one each)."""
 
     models: tuple[str, ...] = ()
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     max_concurrency: int = 0
-    input_policies: tuple[str, ...] = ("off", "redact", "pseudonymize")
-    output_policies: tuple[str, ...] = ("off", "redact", "restore")
+    input_policies: tuple[str, ...] = INPUT_POLICIES
+    output_policies: tuple[str, ...] = OUTPUT_POLICIES
     # May call the Admin service (hot reload).
     admin: bool = False
 
+    def __post_init__(self):
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= MAX_LIMIT:
+                raise InvalidRequest(name, f"must be a whole number from 0 (no limit) to {MAX_LIMIT}")
+        if not isinstance(self.models, tuple) or not all(_is_model_name(m) for m in self.models):
+            raise InvalidRequest("models", "each must be a model's name (not empty, no spaces around it)")
+        for name, known in (("input_policies", INPUT_POLICIES), ("output_policies", OUTPUT_POLICIES)):
+            policies = getattr(self, name)
+            if not isinstance(policies, tuple) or not policies or not set(policies) <= set(known):
+                raise InvalidRequest(name, f"must name one or more of {', '.join(known)}")
+        if type(self.admin) is not bool:
+            raise InvalidRequest("admin", "must be true or false")
+
     def allows_model(self, model: str) -> bool:
         return not self.models or model in self.models
+
+
+def _is_model_name(name) -> bool:
+    return isinstance(name, str) and name == name.strip() and name.isprintable() and bool(name)
+
+
+def check_key_name(name) -> str:
+    if not isinstance(name, str) or not name.strip() or not name.isprintable() or len(name) > MAX_NAME_CHARS:
+        raise InvalidRequest("name", f"must be 1 to {MAX_NAME_CHARS} printable characters, not only spaces")
+    return name
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,9 @@ class ApiKey:
     rights: KeyRights
     created_at: float = 0.0
     revoked_at: Optional[float] = None
+    # Why a stored key is unusable (rights stored before they were validated); such a key never
+    # authenticates, and `rights` is then a placeholder.
+    invalid: str = ""
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
@@ -76,20 +115,26 @@ def _parse(token: str) -> Optional[tuple[str, str]]:
 
 @dataclass
 class KeyStore:
+    """`mode` is SQLite's: "rwc" (the daemon, `keys add`) creates a missing file in an existing
+    folder, "rw" (`keys revoke`) and "ro" (`keys list`) open only an existing keys database."""
+
     path: Path
+    mode: str = "rwc"
     _cache: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        self.path = Path(self.path)
+        open_database(self.path, "api_keys", _SCHEMA, self.mode, "keys database")
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+        return sqlite3.connect(database_uri(self.path, self.mode), uri=True, timeout=10)
 
     def add(self, name: str, rights: KeyRights) -> tuple[ApiKey, str]:
         """Creates a key; returns it and the token, which is shown once and never stored."""
+        check_key_name(name)
+        if not isinstance(rights, KeyRights):
+            raise InvalidRequest("rights", "must be a KeyRights")
         key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
         key = ApiKey(key_id, name, rights, time.time())
         with self._connect() as db:
@@ -100,7 +145,11 @@ class KeyStore:
     def list(self) -> list[ApiKey]:
         with self._connect() as db:
             rows = db.execute("SELECT id, name, created_at, revoked_at, rights FROM api_keys ORDER BY created_at").fetchall()
-        return [ApiKey(i, n, _rights(r), c, rv) for i, n, c, rv, r in rows]
+        keys = []
+        for key_id, name, created, revoked, raw in rows:
+            rights, invalid = _stored_rights(raw)
+            keys.append(ApiKey(key_id, name, rights or KeyRights(), created, revoked, invalid))
+        return keys
 
     def revoke(self, key_id: str) -> bool:
         with self._connect() as db:
@@ -130,12 +179,23 @@ class KeyStore:
                              (key_id,)).fetchone()
         if row is None or row[4] is not None:
             return None
-        name, salt, stored, created, _, rights = row
+        name, salt, stored, created, _, raw = row
         if not hmac.compare_digest(_hash(secret, salt), stored):
             return None
-        return ApiKey(key_id, name, _rights(rights), created)
+        rights, invalid = _stored_rights(raw)
+        if rights is None:
+            # Fail closed: such a key was refused for every call anyway (a rate of -5, no models).
+            log.warning("API key %s has invalid stored rights (%s): refused; revoke it and add it again", key_id, invalid)
+            return None
+        return ApiKey(key_id, name, rights, created)
 
 
-def _rights(raw: str) -> KeyRights:
-    values = json.loads(raw)
-    return KeyRights(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+def _stored_rights(raw: str) -> tuple[Optional[KeyRights], str]:
+    """(rights, "") or (None, why they are invalid) for a row's JSON."""
+    try:
+        values = json.loads(raw)
+        return KeyRights(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}), ""
+    except InvalidRequest as exc:
+        return None, str(exc)
+    except (ValueError, TypeError, AttributeError):
+        return None, "rights: not a JSON object of known fields"

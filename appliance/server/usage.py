@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from appliance.server.sqlite_files import database_uri, open_database
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     day TEXT NOT NULL,
@@ -45,9 +47,7 @@ class UsageEvent:
 class UsageLog:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path) as db:
-            db.execute(_SCHEMA)
+        open_database(path, "usage", _SCHEMA, "rwc", "usage database")
         self._queue: queue.Queue[Optional[UsageEvent | threading.Event]] = queue.Queue()
         self._thread = threading.Thread(target=self._write_loop, name="usage", daemon=True)
         self._thread.start()
@@ -84,9 +84,26 @@ class UsageLog:
 
 
 def read_usage(path: Path, since: Optional[str] = None) -> list[tuple]:
-    with sqlite3.connect(path) as db:
+    """Rows from `since` (a YYYY-MM-DD day) on; opens the file read-only and never creates one."""
+    if since is not None:
+        check_day(since)
+    open_database(path, "usage", _SCHEMA, "ro", "usage database")
+    db = sqlite3.connect(database_uri(path, "ro"), uri=True, timeout=10)
+    try:
         return db.execute(f"SELECT {', '.join(COLUMNS)} FROM usage WHERE day >= ? ORDER BY day, key_id, model",
                           (since or "",)).fetchall()
+    finally:
+        db.close()
+
+
+def check_day(day: str) -> str:
+    """A UTC day as the table stores it, YYYY-MM-DD; ValueError names the expected form."""
+    try:
+        if len(day) == 10 and datetime.date.fromisoformat(day).isoformat() == day:
+            return day
+    except (TypeError, ValueError):
+        pass
+    raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-01")
 
 
 def usage_csv(rows: list[tuple]) -> str:
