@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import logging
+from pathlib import Path, PurePosixPath
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.errors import PackageError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -145,15 +148,23 @@ def write_manifest(package_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
+def _unreadable(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
 def read_manifest(package_dir: Path) -> Manifest:
-    """Parses the manifest; refuses a missing file, bad JSON or an unknown schema version."""
+    """Parses the manifest; refuses a missing or unreadable file, bad JSON or an unknown schema version."""
     name = package_dir.name
     path = package_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise PackageError(name, f"no {MANIFEST_NAME}")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise PackageError(name, f"no {MANIFEST_NAME}") from None
+    except OSError as exc:  # PermissionError above all: the daemon's account cannot read it
+        raise PackageError(name, f"{MANIFEST_NAME} cannot be read ({_unreadable(exc)})") from None
+    try:
+        raw = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(name, f"{MANIFEST_NAME} is not valid JSON ({exc.__class__.__name__})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
@@ -166,20 +177,43 @@ def read_manifest(package_dir: Path) -> Manifest:
         raise PackageError(name, f"{MANIFEST_NAME} field {field}: {first['msg']}") from None
 
 
-def verify_files(package_dir: Path, manifest: Manifest) -> None:
-    """Raises PackageError naming the first file that is missing, resized or changed."""
+def package_file(package_dir: Path, rel: str) -> Path:
+    """The path of a manifest-named file, refusing one that is absolute or resolves outside the
+    package (through `..` or a symlink anywhere on the way): the hashes vouch only for the folder."""
+    root = package_dir.resolve()
+    path = (root / rel).resolve()
+    if PurePosixPath(rel).is_absolute() or not path.is_relative_to(root):
+        raise PackageError(package_dir.name, f"file {rel} escapes the package")
+    return path
+
+
+def _check_file(package_dir: Path, rel: str, record: FileRecord) -> None:
     name = package_dir.name
-    if manifest.model_file not in manifest.files:
-        raise PackageError(name, f"model file {manifest.model_file} is not listed in the manifest")
-    for rel, record in manifest.files.items():
-        path = package_dir / rel
-        if ".." in Path(rel).parts or not path.is_file():
+    path = package_file(package_dir, rel)
+    try:
+        if not path.is_file():
             raise PackageError(name, f"file {rel} is missing")
         size = path.stat().st_size
         if size != record.size:
             raise PackageError(name, f"file {rel} has {size} bytes, the manifest says {record.size}")
-        if sha256_of(path) != record.sha256:
-            raise PackageError(name, f"file {rel} does not match its sha256 in the manifest")
+        digest = sha256_of(path)
+    except OSError as exc:  # PermissionError above all: the daemon's account cannot read it
+        raise PackageError(name, f"file {rel} cannot be read ({_unreadable(exc)})") from None
+    if digest != record.sha256:
+        raise PackageError(name, f"file {rel} does not match its sha256 in the manifest")
+
+
+def verify_files(package_dir: Path, manifest: Manifest) -> None:
+    """Raises PackageError naming the first file that escapes the package, is missing, unreadable,
+    resized or changed."""
+    name = package_dir.name
+    named = [("model file", manifest.model_file)] + [
+        (f"{t.name} engine_model", t.engine_model) for t in manifest.targets if t.engine_model]
+    for what, rel in named:
+        if rel not in manifest.files:
+            raise PackageError(name, f"{what} {rel} is not listed in the manifest")
+    for rel, record in manifest.files.items():
+        _check_file(package_dir, rel, record)
 
 
 def open_package(package_dir: Path) -> Manifest:
@@ -189,11 +223,52 @@ def open_package(package_dir: Path) -> Manifest:
     return manifest
 
 
+def _has_manifest(folder: Path) -> bool:
+    try:
+        return (folder / MANIFEST_NAME).is_file()
+    except PermissionError:
+        return True  # served, so that it shows as failed with the file named instead of vanishing
+
+
 def find_packages(models_dir: Path) -> list[Path]:
     """Every direct subfolder holding a manifest; a package is served under its folder name.
-    Hidden folders are skipped: the exporter stages a package in one before renaming it into place."""
-    return sorted(p for p in models_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_NAME).is_file())
+    Hidden folders are skipped quietly: the exporter stages a package in one before renaming it
+    into place. Other folders without a manifest are skipped with a log line naming them."""
+    packages = []
+    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _has_manifest(folder):
+            packages.append(folder)
+        else:
+            log.warning("folder %s has no %s; not served", folder.name, MANIFEST_NAME)
+    return packages
+
+
+def package_stamp(package_dir: Path) -> tuple:
+    """What a reload compares to notice files changed in place under an unchanged manifest: each
+    file's path, size, mtime, ctime and inode (stat only, so cheap for any package size). ctime and
+    the inode cannot be set back (cp -p, touch -r, rsync -t keep mtime and size, not these), so
+    any rewrite shows. A changed stamp is only the trigger: the registry then re-checks every
+    sha256 before it calls the package unchanged."""
+    entries = []
+    for path in sorted(package_dir.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # gone or unreadable: its absence changes the stamp, verification names it
+        entries.append((path.relative_to(package_dir).as_posix(), stat.st_size, stat.st_mtime_ns,
+                        stat.st_ctime_ns, stat.st_ino))
+    return tuple(entries)
+
+
+def validation_status(manifest: Manifest) -> str:
+    """"passed", "failed" (written with --force), "skipped" (with the manifest's reason, e.g. an
+    fp16 package exported on a host without a GPU) or "unknown" (no figures recorded)."""
+    figures = manifest.validation
+    if figures.get("kind") == "skipped":  # before the exporter recorded "passed": null, it said true
+        return "skipped"
+    if figures.get("passed") is True:
+        return "passed"
+    return "failed" if figures.get("passed") is False else "unknown"
 
 
 def package_version(package_dir: Path) -> str:
