@@ -9,8 +9,10 @@ engine thread keeps stepping.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import time
 
 import grpc
@@ -19,11 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
-from appliance.errors import Draining
+from appliance.errors import ApplianceError, ConfigError, Draining
 from appliance.registry import ModelRegistry, ReloadOutcome, ReloadResult
 from appliance.server.admin import AdminService
 from appliance.server.auth import Authenticator
-from appliance.server.config import Config
+from appliance.server.config import Config, check_host_paths
 from appliance.server.keys import KeyStore
 from appliance.server.metrics import Metrics
 from appliance.server.redaction import RedactionStage
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 DRAIN_POLL_S = 0.05
+# gRPC sets SO_REUSEPORT by default: a second daemon on a serving port would then listen beside
+# the first and the kernel would split clients between them. Off, the second bind fails.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
 
 def server_credentials(tls) -> grpc.ServerCredentials | None:
@@ -48,8 +53,59 @@ def server_credentials(tls) -> grpc.ServerCredentials | None:
                                        root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def _bind_problem(listen: str) -> str | None:
+    """Why `listen` cannot be bound, found by binding a plain socket there as gRPC would; None if it can.
+
+    gRPC reports every failed bind as "Failed to bind", which blames the port for what may be an
+    address of another host; the socket's errno tells them apart.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"host {host} does not resolve to an address"
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC and http.server do, so a port left in TIME_WAIT by a restart still binds.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return None
+            except OSError as exc:
+                failures.append(exc)
+    return _bind_error_reason(host, failures[0]) if failures else f"host {host} has no address"
+
+
+def _bind_error_reason(host: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (something else listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this host, so it cannot be bound here"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return (exc.strerror or str(exc)).lower()
+
+
+def _cannot_bind(field: str, listen: str, reason: str) -> ConfigError:
+    return ConfigError(f"config {field}: {listen}: {reason}")
+
+
+def _with_port(listen: str, port: int) -> str:
+    return f"{listen.rpartition(':')[0]}:{port}"
+
+
+def _report_start_failure(notifier: Notifier, exc: BaseException) -> None:
+    # Our errors name the field or file; anything else is a bug, logged with its class.
+    expected = isinstance(exc, (ApplianceError, OSError))
+    log.error("start failed: %s", exc, exc_info=None if expected else exc)
+    notifier.status(f"failed to start: {exc}")
+
+
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None, watchdog_s: float | None = None):
+        check_host_paths(config)
         self.config = config
         self.notifier = notifier or Notifier(None)
         self.watchdog_s = watchdog_s
@@ -65,7 +121,7 @@ class Daemon:
         self.service = InferenceService(self.registry, config.server.default_max_tokens,
                                         RedactionStage(config.redaction), auth, self.metrics, self.usage)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth, self.reload, self.service.finished),
                                                    self.server)
@@ -73,13 +129,8 @@ class Daemon:
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        credentials = server_credentials(config.tls)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(config.server.listen)
-        else:
-            self.port = self.server.add_secure_port(config.server.listen, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.server.listen}")
+        self.port: int | None = None  # the bound gRPC port, once start() has bound it
+        self.address = config.server.listen  # HOST:PORT with the bound port
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()  # background tasks, referenced until they end
@@ -89,21 +140,50 @@ class Daemon:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
+    def _bind(self) -> None:
+        """Binds the gRPC port; a port in use or an address of another host stops the start here."""
+        listen = self.config.server.listen
+        if problem := _bind_problem(listen):
+            raise _cannot_bind("server.listen", listen, problem)
+        credentials = server_credentials(self.config.tls)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(listen)
+            else:
+                self.port = self.server.add_secure_port(listen, credentials)
+        except RuntimeError:  # the probe bound, gRPC did not: a race, or credentials it refused
+            raise _cannot_bind("server.listen", listen, _bind_problem(listen) or "gRPC could not bind it") from None
+        self.address = _with_port(listen, self.port)
+
+    def _serve_metrics(self) -> None:
+        metrics = self.config.server.metrics_listen
+        if problem := _bind_problem(metrics):
+            raise _cannot_bind("server.metrics_listen", metrics, problem)
+        try:
+            port = self.metrics.serve(metrics)
+        except OSError as exc:  # taken between the probe and the bind
+            reason = _bind_error_reason(metrics.rpartition(":")[0], exc)
+            raise _cannot_bind("server.metrics_listen", metrics, reason) from None
+        log.info("metrics on %s", _with_port(metrics, port))
+
     async def start(self) -> None:
-        if self.watchdog_s:
-            self._background(self.feed_watchdog(self.watchdog_s))
         await self._set_health(False)
+        self._bind()
+        # Started at once: a bound gRPC server lets its port go on stop() only once started, and
+        # until the models are warm it answers health with NOT_SERVING.
         await self.server.start()
         if self.config.server.metrics_listen:
-            self.metrics.serve(self.config.server.metrics_listen)
-        log.info("listening on %s, loading %d model(s)", self.config.server.listen, len(self.registry.names))
+            self._serve_metrics()
+        if self.watchdog_s:
+            self._background(self.feed_watchdog(self.watchdog_s))
+        log.info("listening on %s, loading %d model(s)", self.address, len(self.registry.names))
         self.notifier.status(f"loading {len(self.registry.names)} model(s)")
         await asyncio.to_thread(self.registry.load_all)
         if not self._stop.is_set():
             await self._set_health(self.registry.any_ready)
             summary = self._summary()
             log.info("ready: %s", summary)
-            self.notifier.ready(f"serving on {self.config.server.listen}: {summary}")
+            self.notifier.ready(f"serving on {self.address}: {summary}")
 
     def _summary(self) -> str:
         return ", ".join(f"{m.name}={m.state.value}" for m in self.registry.entries())
@@ -121,7 +201,7 @@ class Daemon:
                 await self._set_health(self.registry.any_ready)
             changed = [f"{r.name} {r.outcome.value}" for r in results if r.outcome is not ReloadOutcome.UNCHANGED]
             log.info("reload done: %s", ", ".join(changed) or "nothing changed")
-            self.notifier.ready(f"serving on {self.config.server.listen}: {self._summary()}")
+            self.notifier.ready(f"serving on {self.address}: {self._summary()}")
             return results
 
     def _background(self, coroutine) -> None:
@@ -171,11 +251,15 @@ class Daemon:
         deadline = time.monotonic() + grace
         while (self.service.active_streams or self.registry.busy()) and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
         await self.server.stop(grace=0)
+        await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll interval
         self.registry.close()
         if self.usage is not None:
             self.usage.close()
-        log.info("stopped")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,17 +267,42 @@ class Daemon:
             loop.add_signal_handler(signum, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         starting = asyncio.create_task(self.start())
+        starting.add_done_callback(self._stop_if_failed)
         await self._stop.wait()
+        if (failure := self._start_failure(starting)) is not None:
+            _report_start_failure(self.notifier, failure)
+            self._cancel_background()
+            await self._close()
+            raise failure
         if not starting.done():
             starting.cancel()
         await self.drain()
+        self._cancel_background()
+
+    def _stop_if_failed(self, starting: asyncio.Task) -> None:
+        # A start that fails (a port in use, a loader that raises) ends run()'s wait as a signal
+        # would; unchecked, the daemon would sit NOT_SERVING for ever.
+        if self._start_failure(starting) is not None:
+            self._stop.set()
+
+    @staticmethod
+    def _start_failure(starting: asyncio.Task) -> BaseException | None:
+        return starting.exception() if starting.done() and not starting.cancelled() else None
+
+    def _cancel_background(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
 
 async def _run(config: Config, notify_socket: str | None, watchdog_s: float | None) -> None:
-    # grpc.aio binds the server to the running loop, so it must be built inside it.
-    await Daemon(config, Notifier(notify_socket), watchdog_s).run()
+    notifier = Notifier(notify_socket)
+    try:
+        # grpc.aio binds the server to the running loop, so it must be built inside it.
+        daemon = Daemon(config, notifier, watchdog_s)
+    except Exception as exc:
+        _report_start_failure(notifier, exc)
+        raise
+    await daemon.run()
 
 
 def serve(config: Config, notify_socket: str | None = None, watchdog_s: float | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,10 @@ class EngineConfig(_Section):
     # Cap on each sequence's context (prompt + generated), 0 for the model's own; the KV buffer
     # holds max_batch x max_context positions per layer, so this bounds memory.
     max_context: int = Field(0, ge=0)
+    # Whether a request's tokens must be the same alone or batched. Measured per decoder at load:
+    # "auto" pads decode steps to the row tile that makes it hold when that costs at most 5% step
+    # time at one row; "always" pads whatever it costs; "off" never pads (it is still reported).
+    batch_invariance: Literal["auto", "always", "off"] = "auto"
 
 
 InputPolicyName = Literal["off", "redact", "pseudonymize"]
@@ -90,17 +95,68 @@ class TLSConfig(_Section):
     # PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
     client_ca_file: Path | None = None
 
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _check_readable(path)
+        return path
+
     @model_validator(mode="after")
     def _pairs(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         if self.client_ca_file is not None and self.cert_file is None:
             raise ValueError("client_ca_file needs cert_file and key_file")
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: {path} does not exist")
+        if self.cert_file is not None:
+            _check_server_pair(self.cert_file, self.key_file)
+        if self.client_ca_file is not None and not _holds_certificate(self.client_ca_file):
+            raise ValueError(f"client_ca_file: {self.client_ca_file} holds no PEM certificate")
         return self
+
+
+def _check_readable(path: Path) -> None:
+    """Opens the file once, so a missing or unreadable one is named now rather than at bind time."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file")
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _refuse_passphrase():
+    # Called by OpenSSL only for an encrypted key; without it OpenSSL would prompt on the terminal.
+    raise _Encrypted
+
+
+def _holds_certificate(path: Path) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _check_server_pair(cert_file: Path, key_file: Path) -> None:
+    """The stdlib's OpenSSL loads the pair as gRPC will, so a wrong pair fails here, by name."""
+    if not _holds_certificate(cert_file):
+        raise ValueError(f"cert_file: {cert_file} holds no PEM certificate")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file, password=_refuse_passphrase)
+    except _Encrypted:
+        raise ValueError(f"key_file: {key_file} is encrypted; the daemon needs a key without a passphrase") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"key_file: {key_file} does not match the certificate in cert_file {cert_file}") from None
+        raise ValueError(f"key_file: {key_file} holds no PEM private key") from None
 
 
 class AuthConfig(_Section):
@@ -121,7 +177,12 @@ class Config(_Section):
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
-    return f"{field}: {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    # A section's own checks start with the field they blame ("key_file: ..."): join it on.
+    name, sep, rest = message.partition(": ")
+    if sep and name.isidentifier():
+        return f"{field}.{name}: {rest}"
+    return f"{field}: {message}"
 
 
 def load_config(path: Path | None, overrides: dict[str, dict] | None = None) -> Config:
@@ -129,9 +190,12 @@ def load_config(path: Path | None, overrides: dict[str, dict] | None = None) -> 
     data: dict = {}
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                              f"offset {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
     for section, values in (overrides or {}).items():
@@ -140,3 +204,24 @@ def load_config(path: Path | None, overrides: dict[str, dict] | None = None) -> 
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"config {_describe(exc)}") from None
+
+
+def check_host_paths(config: Config) -> None:
+    """The folders the config names exist on this host; the daemon checks this at start.
+
+    Kept apart from load_config so a config can be validated on a machine other than its host.
+    A database file may be missing (the daemon creates it), its folder may not: a typo in the
+    folder would otherwise create an empty keys or usage database somewhere unexpected.
+    """
+    models = config.server.models
+    if not models.exists():
+        raise ConfigError(f"config server.models: {models} does not exist")
+    if not models.is_dir():
+        raise ConfigError(f"config server.models: {models} is not a folder")
+    for field, path in (("server.usage_db", config.server.usage_db), ("auth.keys_db", config.auth.keys_db)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ConfigError(f"config {field}: {path} is a folder, not a database file")
+        if not path.parent.is_dir():
+            raise ConfigError(f"config {field}: folder {path.parent} does not exist")

@@ -13,6 +13,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
+        self._http = None  # the HTTP server, while serving
         r = self.registry
         self.requests = Counter("appliance_requests", "RPCs finished, by status", ["rpc", "model", "status"], registry=r)
         self.time_to_first_token = Histogram("appliance_time_to_first_token_seconds", "Arrival to first token",
@@ -33,9 +34,19 @@ class Metrics:
         self.pii = Counter("appliance_pii_entities", "Personal-data entities redacted", ["type", "direction"],
                            registry=r)
 
-    def serve(self, listen: str) -> None:
+    def serve(self, listen: str) -> int:
+        """Starts the HTTP endpoint in its own thread; returns the bound port (for a port of 0)."""
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host, registry=self.registry)
+        self._http, _ = start_http_server(int(port), addr=host.removeprefix("[").removesuffix("]"),
+                                          registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        """Stops the HTTP endpoint and lets its port go."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
 
     def observe_engine(self, model: str, stats) -> None:
         self.batch_size.labels(model).set(stats.running)
