@@ -18,6 +18,10 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.model_package import Manifest
 
 class ConcatKVRunner:
+    # Every row decodes in a call of its own, so no row's result depends on the others'.
+    row_quanta = (1,)
+    row_quantum = 1
+
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
                  context_length: int | None = None):
         self.layout = manifest.kv_layout
@@ -28,7 +32,12 @@ class ConcatKVRunner:
         self._takes_positions = "position_ids" in {i.name for i in self.session.get_inputs()}
         self._kv_dtype = np.dtype(self.layout.dtype)
         self._past: dict[int, list[ort.OrtValue]] = {}
+        self.vocab_size = manifest.vocab_size
         self._logits = np.zeros((max_batch, manifest.vocab_size), np.float32)
+
+    def set_row_quantum(self, quantum: int) -> None:
+        if quantum != 1:
+            raise ValueError("a concatenating-KV runner decodes each row alone; its row quantum is 1")
 
     def _kv_names(self):
         layout = self.layout

@@ -69,20 +69,30 @@ class Scheduler:
         self.waiting.append(request)
 
     def schedule(self) -> Batch:
-        """Decode every running row, then fill the step's token budget with prompt chunks."""
+        """Decode every running row, then fill the step's token budget with prompt chunks.
+
+        A prompt is cut at multiples of prefill_chunk whatever else runs: kernels round a chunk of
+        S tokens differently from S smaller pieces, so a cut shaped by the budget left over would
+        make a request's tokens depend on its batch. A chunk that does not fit waits for the next
+        step, except the step's first, which always runs (the step may then exceed its budget by
+        less than one chunk) so that prompts progress however many rows decode.
+        """
         batch = Batch(decode=list(self.running))
         budget = self.config.max_step_tokens - len(batch.decode)
         rows_taken = len(self.running)
-        while budget > 0 and rows_taken < self.config.max_batch:
-            request = self.prefilling or self._next_waiting()
+        while rows_taken < self.config.max_batch:
+            request = self.prefilling or self._peek_waiting()
             if request is None:
                 break
+            start = request.prefilled  # a request gets at most one chunk per step
+            size = min(len(request.prompt_ids) - start, self.config.prefill_chunk)
+            if size > budget and batch.prefills:
+                break
             if request.row < 0:
+                self.waiting.popleft()
                 request.row = rows_taken
                 request.status = RequestStatus.PREFILLING
                 self.prefilling = request
-            start = request.prefilled  # a request gets at most one chunk per step
-            size = min(len(request.prompt_ids) - start, budget, self.config.prefill_chunk)
             batch.prefills.append(PrefillChunk(request, request.prompt_ids[start : start + size], start))
             budget -= size
             if start + size < len(request.prompt_ids):
@@ -93,12 +103,11 @@ class Scheduler:
         self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
         return batch
 
-    def _next_waiting(self) -> Optional[GenerationRequest]:
-        while self.waiting:
-            request = self.waiting.popleft()
-            if not request.status.finished:
-                return request
-        return None
+    def _peek_waiting(self) -> Optional[GenerationRequest]:
+        """The first waiting request that is still wanted, left at the queue's head."""
+        while self.waiting and self.waiting[0].status.finished:
+            self.waiting.popleft()
+        return self.waiting[0] if self.waiting else None
 
     def commit(self, batch: Batch) -> None:
         """After the step ran: record prefill progress, promote completed prompts to running."""

@@ -6,6 +6,11 @@ running sequences occupy rows 0..n-1, and a decode step binds views of the first
 place. The attention mask is [n, context_length] with ones up to each row's own length (right
 padding): GroupQueryAttention reads every row's length from it. Bindings are made once per batch
 size and reused; only token ids and the mask change between steps.
+
+Some CPU kernels compute rows in tiles (MatMulNBits takes them two at a time on some hosts) and a
+lone row, a batch of one or the odd row out, through another kernel that rounds differently. With
+`row_quantum` q > 1 every decode step runs a multiple of q rows, the spare ones computed and
+thrown away, so each row takes the same path whatever the batch (see batch_invariance.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
 
+
+def _round_up(n: int, quantum: int) -> int:
+    return -(-n // quantum) * quantum
+
+
 class SharedKVRunner:
+    # Row quanta a decode step may be padded to (the tile sizes seen in ORT's CPU kernels).
+    row_quanta = (1, 2, 4)
+
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
                  context_length: int | None = None):
         layout = manifest.kv_layout
@@ -32,14 +45,28 @@ class SharedKVRunner:
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
-        dtype = np.dtype(layout.dtype)
-        shape = (max_batch, layout.num_kv_heads, self.context_length, layout.head_dim)
+        self.vocab_size = manifest.vocab_size
+        self.row_quantum = 1
+        self._allocate(max_batch)
+
+    def _allocate(self, rows: int) -> None:
+        layout = self.layout
+        shape = (rows, layout.num_kv_heads, self.context_length, layout.head_dim)
         # The numpy arrays own the memory; OrtValues over row views let ORT read and write it.
-        self._kv = [np.zeros(shape, dtype) for _ in range(2 * layout.num_layers)]
-        self._ids = np.zeros((max_batch, 1), np.int64)
-        self._mask = np.zeros((max_batch, self.context_length), np.int64)
-        self._logits = np.zeros((max_batch, 1, manifest.vocab_size), np.float32)
+        self._kv = [np.zeros(shape, np.dtype(layout.dtype)) for _ in range(2 * layout.num_layers)]
+        self._ids = np.zeros((rows, 1), np.int64)
+        self._mask = np.zeros((rows, self.context_length), np.int64)
+        self._cached = np.zeros(rows, np.int64)  # positions each row holds (ones in its mask)
+        self._logits = np.zeros((rows, 1, self.vocab_size), np.float32)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
+
+    def set_row_quantum(self, quantum: int) -> None:
+        """Pads every decode step to a multiple of `quantum` rows. Empties every row: call it
+        before any sequence is held."""
+        if quantum not in self.row_quanta:
+            raise ValueError(f"row quantum {quantum} is not one of {self.row_quanta}")
+        self.row_quantum = quantum
+        self._allocate(_round_up(self.max_batch, quantum))
 
     def _bind_kv(self, binding: ort.IOBinding, rows: slice) -> None:
         layout = self.layout
@@ -75,6 +102,7 @@ class SharedKVRunner:
         end = start + len(token_ids)
         self._mask[slot] = 0
         self._mask[slot, :end] = 1
+        self._cached[slot] = end
         return binding.get_outputs()[0].numpy()[0, -1]
 
     def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -83,9 +111,17 @@ class SharedKVRunner:
         Returns logits [n, vocab], a view that the next step overwrites.
         """
         n = len(token_ids)
+        padded = min(_round_up(n, self.row_quantum), len(self._ids))
         self._ids[:n, 0] = token_ids
         self._mask[np.arange(n), lengths] = 1
-        self.session.run_with_iobinding(self._decode_binding(n))
+        self._cached[:n] = lengths + 1
+        # A spare row writes one throw-away position just past what it holds: an empty row's
+        # position 0, or a prefilling row's next position, which its next chunk overwrites.
+        spare = np.arange(n, padded)
+        self._ids[spare, 0] = 0
+        self._mask[spare, self._cached[spare]] = 1
+        self.session.run_with_iobinding(self._decode_binding(padded))
+        self._mask[spare, self._cached[spare]] = 0
         return self._logits[:n, 0]
 
     def move(self, src: int, dst: int, length: int) -> None:
@@ -93,6 +129,8 @@ class SharedKVRunner:
         for buffer in self._kv:
             buffer[dst, :, :length] = buffer[src, :, :length]
         self._mask[dst] = self._mask[src]
+        self._cached[dst] = self._cached[src]
 
     def release(self, slot: int) -> None:
         self._mask[slot] = 0
+        self._cached[slot] = 0

@@ -71,3 +71,49 @@ def test_no_more_rows_than_max_batch():
         scheduler.add(request(str(i), 2))
     run_step(scheduler)
     assert len(scheduler.running) == 2 and len(scheduler.waiting) == 3
+
+
+def _cuts(scheduler, target, steps=12):
+    cuts = []
+    for _ in range(steps):
+        batch = run_step(scheduler)
+        cuts += [(c.start, len(c.tokens)) for c in batch.prefills if c.request is target]
+    return cuts
+
+
+def test_a_prompt_is_cut_at_the_same_places_alone_and_beside_others():
+    # Kernels round a chunk of S tokens differently from smaller pieces, so cuts shaped by the
+    # budget that other requests leave would change a request's tokens when it is batched.
+    config = SchedulerConfig(max_batch=4, max_step_tokens=12, prefill_chunk=8)
+    alone = Scheduler(config, lambda *m: None)
+    target = request("target", 19)
+    alone.add(target)
+    expected = _cuts(alone, target)
+    assert expected == [(0, 8), (8, 8), (16, 3)]
+    for others in ([5], [3, 2], [7, 7, 1]):
+        busy = Scheduler(config, lambda *m: None)
+        for i, length in enumerate(others):
+            busy.add(request(f"other{i}", length))
+        target = request("target", 19)
+        busy.add(target)
+        assert _cuts(busy, target) == expected, others
+
+
+def test_the_first_chunk_of_a_step_runs_even_when_decode_rows_use_the_budget():
+    scheduler = Scheduler(SchedulerConfig(max_batch=8, max_step_tokens=16, prefill_chunk=8), lambda *m: None)
+    for i in range(6):
+        scheduler.add(request(str(i), 2))
+    run_step(scheduler)
+    late = request("late", 12)
+    scheduler.add(late)
+    batch = run_step(scheduler)  # 6 decode rows leave 10 tokens: the 8-token chunk fits
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(0, 8)]
+    crowded = Scheduler(SchedulerConfig(max_batch=20, max_step_tokens=16, prefill_chunk=8), lambda *m: None)
+    for i in range(16):
+        crowded.add(request(str(i), 1))
+    for _ in range(4):
+        run_step(crowded)
+    assert len(crowded.running) == 16
+    crowded.add(request("late", 12))
+    batch = run_step(crowded)  # 16 decode rows leave no budget; one chunk still progresses
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(0, 8)]

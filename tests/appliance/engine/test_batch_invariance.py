@@ -1,0 +1,120 @@
+"""A request's tokens alone and batched: the probe that measures it, and the padding that makes it hold.
+
+MatMulNBits int4 with block 128 at accuracy level 4 (int8 activations) is the package recipe whose
+kernels, on this project's machines, compute a lone row (a batch of one, or the odd row out)
+differently from rows in a tile; block 32 and fp32 hold without padding here. Which recipe needs
+what is a property of the host, so these tests ask the probe rather than assume its answer,
+except where they show that the probe and the padding decide the outcome.
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from appliance.engine.batch_invariance import probe
+from appliance.engine.engine import GenerationEngine
+from appliance.engine.providers import RuntimeOptions
+from appliance.engine.runners import open_decoder_runner
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import SchedulerConfig
+from appliance.model_package import open_package
+from tests.conftest import export_or_fail
+
+PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
+           "A", "Can I change the delivery address after checkout?", "你好", "Password reset", "Invoice with VAT"]
+
+
+@pytest.fixture(scope="module")
+def block128(sources, tmp_path_factory):
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("b128") / "llama-b128",
+                          "--precision", "int4", "--block-size", "128")
+
+
+def open_runner(path, max_batch=8):
+    return open_decoder_runner(path, open_package(path), RuntimeOptions(intra_op_threads=1), max_batch=max_batch)
+
+
+def run_jobs(engine, jobs):
+    async def run_all():
+        async def one(ids, params):
+            return [e async for e in engine.generate(ids, params)]
+        return await asyncio.gather(*(one(ids, params) for ids, params in jobs))
+
+    return asyncio.run(run_all())
+
+
+def outputs(events):
+    return [t for e in events for t in e.token_ids], [lp[0] for e in events for lp in e.logprobs]
+
+
+def alone_and_batched(path, runner, temperature, **scheduling):
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    engine = GenerationEngine(runner, tokenizer, open_package(path).eos_token_ids,
+                              SchedulerConfig(max_batch=runner.max_batch, **scheduling))
+    try:
+        # Mixed prompt lengths and output lengths: rows join, leave and move while others run.
+        jobs = [(tokenizer.encode(p).ids, SamplingParams(max_tokens=12 + 5 * i, temperature=temperature,
+                                                         seed=100 + i, ignore_eos=True, logprobs=0))
+                for i, p in enumerate(PROMPTS)]
+        alone = [outputs(run_jobs(engine, [job])[0]) for job in jobs]
+        together = [outputs(events) for events in run_jobs(engine, jobs)]
+    finally:
+        engine.close()
+    return alone, together
+
+
+def test_the_probe_reports_what_it_measured(block128):
+    report = probe(open_runner(block128), "always")
+    assert report.holds and report.row_quantum in (1, 2, 4)
+    assert report.batch_sizes == (2, 3, 4, 5, 8)
+    assert len(set(report.prompt_lengths)) > 3
+    record = report.as_record()
+    assert record["row_quantum"] == report.row_quantum and record["decode_steps"] >= 2
+
+
+def test_off_pads_nothing_and_says_whether_it_holds(block128):
+    runner = open_runner(block128)
+    report = probe(runner, "off")
+    assert runner.row_quantum == 1 and report.row_quantum == 1
+    assert report.holds == (probe(open_runner(block128), "always").row_quantum == 1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_with_the_probes_padding_tokens_and_logprobs_are_identical_alone_and_batched(block128, temperature):
+    runner = open_runner(block128)
+    assert probe(runner, "always").holds
+    alone, together = alone_and_batched(block128, runner, temperature)
+    assert together == alone  # token ids and every logprob, bit for bit
+    assert len({tuple(tokens) for tokens, _ in alone}) > 1
+
+
+def test_padding_decides_the_outcome_where_the_probe_needs_it(block128):
+    needed = probe(open_runner(block128), "always").row_quantum
+    if needed == 1:
+        pytest.skip("block 128 is batch-invariant without padding on this host")
+    alone, together = alone_and_batched(block128, open_runner(block128), 0.0)  # no padding
+    assert together != alone
+
+
+def test_spare_rows_never_disturb_a_prompt_being_prefilled_in_chunks(block128):
+    """With padding, a decode step's spare row may be the row a long prompt is prefilling in."""
+    runner = open_runner(block128)
+    runner.set_row_quantum(4)
+    alone, together = alone_and_batched(block128, runner, 0.0, prefill_chunk=4, max_step_tokens=16)
+    reference_runner = open_runner(block128)
+    reference_runner.set_row_quantum(4)
+    reference, _ = alone_and_batched(block128, reference_runner, 0.0)
+    assert together == alone == reference
+
+
+def test_a_spare_row_leaves_the_rows_it_pads_with_as_they_were(block128):
+    runner = open_runner(block128, max_batch=4)
+    runner.set_row_quantum(4)
+    runner.prefill(1, [5, 6, 7], 0)  # row 1 holds 3 positions; row 0 decodes alone
+    runner.prefill(0, [9, 8], 0)
+    kv_before = [buffer[1, :, :3].copy() for buffer in runner._kv]
+    runner.decode(np.asarray([4]), np.asarray([2]))
+    assert all(np.array_equal(buffer[1, :, :3], before) for buffer, before in zip(runner._kv, kv_before))
+    assert runner._mask[1].sum() == 3 and runner._mask[2].sum() == 0 and runner._mask[0].sum() == 3
