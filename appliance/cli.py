@@ -229,7 +229,7 @@ def _keys(args) -> int:
                   f"rpm={key.rights.requests_per_minute or '-'} tpm={key.rights.tokens_per_minute or '-'} "
                   f"concurrency={key.rights.max_concurrency or '-'}{' admin' if key.rights.admin else ''}")
     elif not store.revoke(args.key_id):
-        print(f"appliance keys: no active key {args.key_id}", file=sys.stderr)
+        print(f"appliance keys: no active key {types.one_line(args.key_id)}", file=sys.stderr)
         return 1
     return 0
 
@@ -359,10 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text or "").split())
-
-
 def _silence_stdout() -> None:
     """After a closed pipe (`appliance ... | head`), point stdout at /dev/null so the interpreter's
     final flush does not print "Exception ignored ... BrokenPipeError"."""
@@ -382,16 +378,16 @@ def _run(argv: list[str] | None) -> int:
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         details = exc.details() if callable(getattr(exc, "details", None)) else exc
-        print(f"{command}: {code.name if code else 'RPC failed'}: {_one_line(details)}", file=sys.stderr)
+        print(f"{command}: {code.name if code else 'RPC failed'}: {types.one_line(details)}", file=sys.stderr)
         return 1
     except (UsageError, ConfigError, InvalidRequest) as exc:
-        print(f"{command}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{command}: {types.one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise
     except OSError as exc:  # e.g. stdin is a folder (`appliance redact < /etc`)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{command}: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
+        print(f"{command}: {types.one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 1
 
 

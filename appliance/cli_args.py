@@ -9,7 +9,10 @@ reaches protobuf (whose "Value out of range" names no flag).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import ssl
+import unicodedata
 from pathlib import Path
 
 UINT32_MAX = 2**32 - 1
@@ -17,11 +20,17 @@ UINT64_MAX = 2**64 - 1
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
+def one_line(message) -> str:
+    """A message as one terminal line: control characters (a newline in a file name or in an
+    unrecognised argument) escaped, spaces as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message).strip())
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit code 2 (argparse prints the whole usage first)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _typed(name: str, check):
@@ -86,14 +95,40 @@ def name(value: str) -> str:
 
 
 def path(value: str) -> Path:
-    if not value or "\x00" in value:
-        raise argparse.ArgumentTypeError("expected a file path")
+    # Control characters in a path are a paste error far more often than a name, and a message
+    # naming such a file would break its line.
+    if not value or any(unicodedata.category(c) == "Cc" for c in value):
+        raise argparse.ArgumentTypeError("expected a file path (without control characters)")
     return Path(value)
 
 
+def _address_list(scheme: str, addresses: str) -> bool:
+    """gRPC's ipv4:A:P,A:P and ipv6:[A]:P,[A]:P targets (gRPC itself would log its refusal of a
+    malformed one over several lines)."""
+    for entry in addresses.split(","):
+        host, sep, port = entry.rpartition(":")
+        if scheme == "ipv6":
+            if not (host.startswith("[") and host.endswith("]")):
+                return False
+            host = host[1:-1]
+        if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+            return False
+        try:
+            kind = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if kind.version != (4 if scheme == "ipv4" else 6):
+            return False
+    return True
+
+
 def target(value: str) -> str:
-    if not value or not _is_unicode(value) or not value.isprintable() or any(c.isspace() for c in value):
-        raise argparse.ArgumentTypeError("expected HOST:PORT (or a gRPC target such as ipv4:H:P,H:P)")
+    scheme, _, rest = value.partition(":")
+    well_formed = bool(value) and _is_unicode(value) and value.isprintable() and not any(c.isspace() for c in value)
+    if well_formed and scheme in ("ipv4", "ipv6"):
+        well_formed = _address_list(scheme, rest)
+    if not well_formed:
+        raise argparse.ArgumentTypeError("expected HOST:PORT (or a gRPC target such as ipv4:A:P,A:P)")
     return value
 
 
@@ -111,8 +146,14 @@ def pem_file(value: str) -> bytes:
         data = Path(value).read_bytes()
     except (OSError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}") from None
-    if PEM_CERTIFICATE not in data:
-        raise argparse.ArgumentTypeError(f"{value} holds no PEM certificate ({PEM_CERTIFICATE.decode()})")
+    try:
+        # The ssl module parses it as gRPC will (which would otherwise log its refusal over lines).
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+        usable = PEM_CERTIFICATE in data
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        usable = False
+    if not usable:
+        raise argparse.ArgumentTypeError(f"{value} holds no valid PEM certificate ({PEM_CERTIFICATE.decode()})")
     return data
 
 

@@ -161,8 +161,12 @@ def test_a_missing_or_unreadable_ca_file_is_named(capsys, tmp_path, closed_targe
     text = tmp_path / "notes.txt"
     text.write_text("not a certificate")
     assert_refused(run(capsys, "models", "--target", closed_target, "--ca-file", str(text)), "--ca-file",
-                   "no PEM certificate")
+                   "no valid PEM certificate")
     assert_refused(run(capsys, "redact", "--target", closed_target, "--ca-file", str(tmp_path)), "--ca-file")
+    # Shaped like PEM but not a certificate: gRPC would log its refusal over several lines.
+    text.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert_refused(run(capsys, "models", "--target", closed_target, "--ca-file", str(text)), "--ca-file",
+                   "no valid PEM certificate")
 
 
 @pytest.mark.parametrize("argv,flag", [
@@ -260,6 +264,14 @@ def test_text_that_is_not_utf8_is_refused(capsys, closed_target):
     assert_refused(run(capsys, "models", "--target", closed_target, "--api-key", prompt), "--api-key")
     assert_refused(run(capsys, "models", "--target", closed_target, "--api-key", "apk_a b"), "--api-key")
     assert_refused(run(capsys, "models", "--target", ""), "--target")
+    for target in ("ipv4:notanaddress", "ipv4:127.0.0.1", "ipv6:::1:1", f"ipv4:{closed_target},[::1]:1"):
+        assert_refused(run(capsys, "models", "--target", target), "--target")
+
+
+def test_messages_stay_on_one_line(capsys, tmp_path):
+    assert_refused(run(capsys, "keys", "--db", str(tmp_path / "a\nb.db"), "list"), "--db")
+    code, _, err = run(capsys, "models", "--bogus", "a\nb")
+    assert code == 2 and err.count("\n") == 1 and "a\\nb" in err, err
 
 
 def _stdin(monkeypatch, data: bytes):
