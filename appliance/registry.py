@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 from appliance.engine.chat import ChatTemplate
 from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
+from appliance.engine.encoder_session import DEFAULT_BATCH_TOKENS
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.engine.providers import RuntimeOptions
@@ -94,13 +95,14 @@ class ModelRegistry:
     RETIRE_POLL_S = 0.05
 
     def __init__(self, models_dir: Path, runtime: RuntimeOptions, scheduling: SchedulerConfig = SchedulerConfig(),
-                 max_context: int = 0):
+                 max_context: int = 0, encoder_batch_tokens: int = DEFAULT_BATCH_TOKENS):
         if not models_dir.is_dir():
             raise ApplianceError(f"models folder {models_dir} does not exist")
         self.models_dir = models_dir
         self.runtime = runtime
         self.scheduling = scheduling
         self.max_context = max_context
+        self.encoder_batch_tokens = encoder_batch_tokens
         # Replaced entry by entry, never mutated in place by readers: a lookup sees either the
         # old or the new version of a package, whole.
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}
@@ -237,12 +239,12 @@ class ModelRegistry:
                                           _token_text(tokenizer, (manifest.eos_token_ids or [None])[0]))
             self._warm_decoder(engine)
         elif manifest.task == "feature-extraction":
-            embedder = Embedder(model.path, manifest, tokenizer, self.runtime)
+            embedder = Embedder(model.path, manifest, tokenizer, self.runtime, self.encoder_batch_tokens)
             model.provider = embedder.provider
             embedder.embed(["warm-up"], normalize=False)
             model.embedder = embedder
         else:
-            classifier = Classifier(model.path, manifest, tokenizer, self.runtime)
+            classifier = Classifier(model.path, manifest, tokenizer, self.runtime, self.encoder_batch_tokens)
             model.provider = classifier.provider
             classifier.logits(["warm-up"])
             model.classifier = classifier

@@ -58,6 +58,9 @@ class EngineConfig(_Section):
     # Cap on each sequence's context (prompt + generated), 0 for the model's own; the KV buffer
     # holds max_batch x max_context positions per layer, so this bounds memory.
     max_context: int = Field(0, ge=0)
+    # Padded tokens (texts x the longest) that one encoder sub-batch of an Embed or Classify call
+    # may hold: bounds the memory a call takes (a text longer than this runs alone).
+    encoder_batch_tokens: int = Field(8192, ge=16)
     # Whether a request's tokens must be the same alone or batched. Measured per decoder at load:
     # "auto" pads decode steps to the row tile that makes it hold when that costs at most 5% step
     # time at one row; "always" pads whatever it costs; "off" never pads (it is still reported).

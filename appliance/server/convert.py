@@ -13,6 +13,9 @@ from appliance.v1 import admin_pb2
 from appliance.v1 import inference_pb2 as pb
 
 MAX_PROMPT_CHARS = 1_000_000
+# Embed and Classify texts together; the count (256) and each text's tokens (the model's context)
+# are checked by the encoder, this bounds the tokenizing done before those checks can refuse.
+MAX_TEXTS_CHARS = 1_000_000
 
 _FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
@@ -124,9 +127,16 @@ def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
     return response
 
 
+def _texts(texts, field: str = "texts") -> list[str]:
+    if sum(len(t) for t in texts) > MAX_TEXTS_CHARS:
+        raise InvalidRequest(field, f"hold more than {MAX_TEXTS_CHARS} characters")
+    return list(texts)
+
+
 def classify_request(request: pb.ClassifyRequest) -> tuple[list[str], list[tuple[str, str]], int]:
     """(texts, zero-shot labels as (name, description), top_k) of a ClassifyRequest."""
-    return list(request.texts), [(label.name, label.description) for label in request.labels], request.top_k
+    _texts([label.name + label.description for label in request.labels], "labels")
+    return _texts(request.texts), [(label.name, label.description) for label in request.labels], request.top_k
 
 
 def classify_response(ranked: list[list[tuple[str, float]]], top_k: int, prompt_tokens: int) -> pb.ClassifyResponse:
@@ -140,7 +150,7 @@ def get_model_response(model: ServedModel) -> pb.GetModelResponse:
 
 
 def embed_texts(request: pb.EmbedRequest) -> list[str]:
-    return list(request.texts)
+    return _texts(request.texts)
 
 
 def embed_response(vectors: np.ndarray, prompt_tokens: int) -> pb.EmbedResponse:

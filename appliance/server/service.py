@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from typing import Optional
 
@@ -27,16 +28,30 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("appliance.access")
 
 
-def _with_tokens(classify, encode, texts):
-    """A classifier's ranking and the tokens it read."""
-    _, mask = encode(texts)
-    return classify(texts), int(mask.sum())
-
-
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
     """The call's deadline on the monotonic clock, so the engine frees the row when it passes."""
     remaining = context.time_remaining()
     return time.monotonic_ns() + int(remaining * 1e9) if remaining is not None else 0
+
+
+async def _encode(work, context: grpc.aio.ServicerContext):
+    """Runs `work(stop=...)` (encoder sub-batches) in a worker thread. A client that goes away or a
+    deadline that passes cancels this task; `stop()` then tells the worker to end before its next
+    sub-batch, and the caller's model hold and lease last until it has."""
+    deadline_ns = _deadline_ns(context)
+    cancelled = threading.Event()
+
+    def stop() -> bool:
+        return cancelled.is_set() or 0 < deadline_ns <= time.monotonic_ns()
+
+    worker = asyncio.ensure_future(asyncio.to_thread(work, stop=stop))
+    try:
+        return await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        cancelled.set()
+        with contextlib.suppress(Exception):
+            await worker
+        raise
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
@@ -150,8 +165,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         with self._served(call, key, request.model, "embedder", "feature-extraction") as model:
             lease = self.auth.admit(key)
             try:
-                vectors, call.prompt_tokens = await asyncio.to_thread(
-                    model.embedder.embed, convert.embed_texts(request), request.normalize)
+                work = functools.partial(model.embedder.embed, convert.embed_texts(request), request.normalize)
+                vectors, call.prompt_tokens = await _encode(work, context)
             finally:
                 lease.release(call.prompt_tokens)
         self.metrics.tokens.labels(model.name, "prompt").inc(call.prompt_tokens)
@@ -167,7 +182,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             if model.classifier is not None and not model.classifier.per_token:
                 if labels:
                     raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
-                work = functools.partial(_with_tokens, model.classifier.classify, model.classifier.encode, texts)
+                work = functools.partial(model.classifier.classify, texts)
             elif model.embedder is not None:
                 work = functools.partial(zero_shot, model.embedder, texts, labels)
             else:
@@ -175,7 +190,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                                 "text-classification, or feature-extraction with labels")
             lease = self.auth.admit(key)
             try:
-                ranked, call.prompt_tokens = await asyncio.to_thread(work)
+                ranked, call.prompt_tokens = await _encode(work, context)
             finally:
                 lease.release(call.prompt_tokens)
         return convert.classify_response(ranked, top_k, call.prompt_tokens)
