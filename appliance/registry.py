@@ -34,7 +34,8 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, ModelNotFound, ModelNotReady, PackageError
-from appliance.model_package import Manifest, find_packages, open_package, package_version
+from appliance.model_package import (Manifest, find_packages, open_package, package_stamp, package_version,
+                                     validation_status)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ServedModel:
     chat: Optional[ChatTemplate] = None
     provider: str = ""
     version: str = ""
+    # The files as they were when this version was verified (model_package.package_stamp).
+    stamp: tuple = ()
     # Why the last reload of this package failed while this version kept serving.
     reload_error: str = ""
     # Requests holding this version (see ModelRegistry.hold); guarded by the registry's lock.
@@ -156,6 +159,7 @@ class ModelRegistry:
             self._load(model)
             model.state = ModelState.READY
             log.info("model %s version %s ready on %s", model.name, model.version, model.provider)
+            self._log_validation(model)
             return True
         except Exception as exc:
             model.state = ModelState.FAILED
@@ -165,6 +169,18 @@ class ModelRegistry:
             log.error("model %s failed to load: %s", model.name, model.error)
             self._close_model(model)
             return False
+
+    @staticmethod
+    def _log_validation(model: ServedModel) -> None:
+        """Serves a package whatever its export validation said, but says when it did not pass."""
+        status = validation_status(model.manifest)
+        if status == "skipped":
+            reason = model.manifest.validation.get("reason") or "no reason recorded"
+            log.warning("model %s was not validated at export: %s", model.name, reason)
+        elif status == "failed":
+            log.warning("model %s failed its validation at export (written with --force)", model.name)
+        elif status == "unknown":
+            log.warning("model %s has no validation figures in its manifest", model.name)
 
     def reload(self) -> list[ReloadResult]:
         """Rescans the folder and swaps in what changed; blocking, meant for a background thread."""
@@ -181,6 +197,9 @@ class ModelRegistry:
         current = self._models.get(name)
         serving = current is not None and current.state is ModelState.READY
         if serving and package_version(path) == current.version:
+            failed = self._recheck_in_place(current)
+            if failed is not None:
+                return failed
             current.reload_error = ""  # the folder holds what serves again (a bad copy was put back)
             return ReloadResult(name, ReloadOutcome.UNCHANGED, current.version)
         candidate = ServedModel(name, path)
@@ -196,6 +215,23 @@ class ModelRegistry:
             self._retire(current)
         outcome = ReloadOutcome.ADDED if current is None else ReloadOutcome.UPDATED
         return ReloadResult(name, outcome, candidate.version)
+
+    def _recheck_in_place(self, current: ServedModel) -> Optional[ReloadResult]:
+        """The same manifest may sit over files changed in place (a byte flipped, a file truncated):
+        when the files' stamp moved, every hash is checked again. The serving version keeps
+        serving from what it loaded; the failure shows as for any failed reload."""
+        stamp = package_stamp(current.path)
+        if stamp == current.stamp:
+            return None
+        try:
+            open_package(current.path)
+        except PackageError as exc:
+            current.reload_error = str(exc)
+            log.error("model %s changed in place and no longer verifies: %s; keeps serving version %s",
+                      current.name, current.reload_error, current.version)
+            return ReloadResult(current.name, ReloadOutcome.FAILED, current.version, current.reload_error)
+        current.stamp = stamp
+        return None
 
     def _retire(self, model: ServedModel) -> None:
         """Closes a replaced or removed version once its last request has let go of it."""
@@ -225,6 +261,7 @@ class ModelRegistry:
 
     def _load(self, model: ServedModel) -> None:
         model.version = package_version(model.path)
+        model.stamp = package_stamp(model.path)  # before verifying: a change during the load shows next time
         manifest = open_package(model.path)
         model.manifest = manifest
         tokenizer = load_tokenizer(model.path)

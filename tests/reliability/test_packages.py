@@ -3,6 +3,7 @@ fault (ListModels and GetModel show it FAILED), and the daemon keeps serving the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -102,6 +103,25 @@ def escaping_file(pkg):
     _write_manifest(pkg, manifest)
 
 
+def absolute_path(pkg):
+    """A file named by its absolute path, with its true hash: it exists, it verifies, it is not the package's."""
+    manifest = _manifest(pkg)
+    outside = pkg.parent / "llama" / "model.onnx"
+    manifest["files"][str(outside)] = {"sha256": sha256_of(outside), "size": outside.stat().st_size}
+    _write_manifest(pkg, manifest)
+
+
+def symlink_out(pkg):
+    """tokenizer.json as a symlink to identical bytes outside the package."""
+    (pkg / "tokenizer.json").unlink()
+    (pkg / "tokenizer.json").symlink_to(pkg.parent / "llama" / "tokenizer.json")
+
+
+def unreadable_weights(pkg):
+    """The weights unreadable by the daemon's account (see broken_daemon for how)."""
+    return pkg / "model.onnx.data"
+
+
 # name: (how it is broken, words the error must hold)
 BROKEN = {
     "weights-byte": (weights_byte, ["model.onnx.data", "sha256"]),
@@ -114,8 +134,24 @@ BROKEN = {
     "missing-tokenizer": (missing_tokenizer, ["tokenizer.json", "missing"]),
     "garbage-manifest": (garbage_manifest, ["manifest.json", "JSON"]),
     "unknown-schema": (unknown_schema, ["schema_version", "99"]),
-    "escaping-file": (escaping_file, ["../llama/model.onnx"]),
+    "escaping-file": (escaping_file, ["../llama/model.onnx", "escapes the package"]),
+    "absolute-path": (absolute_path, ["llama/model.onnx", "escapes the package"]),
+    "symlink-out": (symlink_out, ["tokenizer.json", "escapes the package"]),
+    "unreadable-weights": (unreadable_weights, ["model.onnx.data", "cannot be read", "Permission denied"]),
 }
+
+
+def _deny_reading(monkeypatch: pytest.MonkeyPatch, paths: set[Path]) -> None:
+    """Reading these files fails with EACCES, as for an account without read permission. Patched
+    rather than chmod-ed: the suite may run as root, whom file modes do not stop."""
+    real_open = Path.open
+
+    def guarded_open(self, *args, **kwargs):
+        if self.resolve() in paths:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded_open)
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +159,18 @@ def broken_daemon(models_dir, tmp_path_factory):
     served = tmp_path_factory.mktemp("broken-packages")
     shutil.copytree(models_dir / "llama", served / "llama")
     shutil.copytree(models_dir / "minilm", served / "minilm")
+    denied = set()
     for name, (breaking, _) in BROKEN.items():
         shutil.copytree(models_dir / "llama", served / name)
-        breaking(served / name)
+        if (unreadable := breaking(served / name)) is not None:
+            denied.add(unreadable.resolve())
     # TensorRT first, as on a GPU host: the engine check must run even where TensorRT is absent.
     config = load_config(None, {"server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
                                 "runtime": {"intra_op_threads": 1, "providers": ("tensorrt", "cuda", "cpu")}})
-    with InProcessDaemon(config) as running:
-        yield running
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _deny_reading(monkeypatch, denied)
+        with InProcessDaemon(config) as running:
+            yield running
 
 
 def test_broken_packages_are_refused_with_a_reason_and_the_rest_serves(broken_daemon, figures):

@@ -138,6 +138,29 @@ def test_a_broken_package_leaves_the_old_version_serving(served, models_dir, cap
         assert metrics.get_sample_value("appliance_model_reload_failed", {"model": "chat"}) == 0
 
 
+def test_a_package_corrupted_in_place_fails_its_reload_and_the_old_version_serves(served):
+    package = served / "chat"
+    originals = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    with in_process(served) as d, ApplianceClient(d.target, timeout_s=60) as client:
+        before = client.get_model("chat")
+        damaged = corrupt_weights(package)  # same size, same manifest: only the bytes changed
+        (result,) = client.reload_models()
+        assert (result.outcome, result.version) == ("failed", before.version)
+        assert damaged in result.error and "sha256" in result.error
+        info = client.get_model("chat")
+        assert (info.state, info.version) == ("ready", before.version)
+        assert damaged in info.reload_error
+        assert d.daemon.metrics.registry.get_sample_value("appliance_model_reload_failed", {"model": "chat"}) == 1
+        chunks = list(client.generate("chat", "hello", max_tokens=3, ignore_eos=True))
+        assert chunks[-1].model_version == before.version
+
+        # The same bytes written back (a new mtime, nothing else): unchanged, the error cleared.
+        (package / damaged).write_bytes(originals[damaged])
+        (result,) = client.reload_models()
+        assert (result.outcome, result.version) == ("unchanged", before.version)
+        assert client.get_model("chat").reload_error == ""
+
+
 def test_reload_adds_new_packages_and_removes_gone_ones(served, models_dir, capsys):
     from appliance.cli import main
 
