@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC daemon")
     serve.add_argument("--config", type=types.path, help="TOML config file (flags override it)")
-    serve.add_argument("--models", type=types.path, help="folder of model packages; each is served under its folder name")
+    serve.add_argument("--models", type=types.path,
+                       help="folder of model packages; each is served under its folder name")
     serve.add_argument("--listen", type=types.text, help="HOST:PORT to listen on")
     serve.add_argument("--providers", type=types.text, help="comma-separated execution providers: tensorrt,cuda,cpu")
     serve.add_argument("--threads", type=types.whole_number(0, 65535, "all cores"),
@@ -282,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--max-concurrency", type=limit, default=0,
                      help="requests the key may have running at once (0, the default: no limit)")
     add.add_argument("--input-policies", type=types.policies(INPUT_POLICIES), default="redact,pseudonymize",
-                     help="redaction input policies the key may use (comma-separated: off,redact,pseudonymize)")
+                     help="redaction input policies the key may use (comma-separated from off,redact,pseudonymize; "
+                          "default: redact,pseudonymize)")
     add.add_argument("--output-policies", type=types.policies(OUTPUT_POLICIES), default="redact,restore",
-                     help="redaction output policies the key may use (comma-separated: off,redact,restore)")
+                     help="redaction output policies the key may use (comma-separated from off,redact,restore; "
+                          "default: redact,restore)")
     add.add_argument("--admin", action="store_true", help="the key may call the Admin service (hot reload)")
     key_actions.add_parser("list", help="list keys (never their secrets)")
     revoke = key_actions.add_parser("revoke", help="revoke a key by id")

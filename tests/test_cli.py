@@ -345,3 +345,15 @@ def test_a_closed_pipe_ends_quietly():
     _, err = reader.communicate(b"mail bob@example.org\n" * 200_000, timeout=120)
     assert reader.returncode == 141, err
     assert b"Traceback" not in err and b"Exception ignored" not in err, err
+
+
+def test_interrupt_ends_with_130_and_no_traceback(capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_client", interrupted)
+    assert cli.main(["generate", "--model", "m", "hi"]) == 130
+    # ^C while the parser is built (it imports the engine's limits) as well.
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["models"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

@@ -184,8 +184,10 @@ class KeyStore:
             return None
         rights, invalid = _stored_rights(raw)
         if rights is None:
-            # Fail closed: such a key was refused for every call anyway (a rate of -5, no models).
-            log.warning("API key %s has invalid stored rights (%s): refused; revoke it and add it again", key_id, invalid)
+            # Fail closed rather than guess what such rights meant (most of those keys were refused
+            # for every call anyway: a rate of -5, a model named "").
+            log.warning("API key %s has invalid stored rights (%s): refused; revoke it and add it again",
+                        key_id, invalid)
             return None
         return ApiKey(key_id, name, rights, created)
 

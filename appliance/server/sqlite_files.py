@@ -47,6 +47,7 @@ def open_database(path: Path, table: str, schema: str, mode: str, what: str, tim
                 db.execute(schema)
     except sqlite3.DatabaseError as exc:
         # "file is not a database" for a text file, "disk I/O error" for a device, ...
-        raise ConfigError(f"{prefix}: not a {what} ({'not an SQLite file' if 'not a database' in str(exc) else exc})") from None
+        reason = "not an SQLite file" if "not a database" in str(exc) else str(exc)
+        raise ConfigError(f"{prefix}: not a {what} ({reason})") from None
     finally:
         db.close()

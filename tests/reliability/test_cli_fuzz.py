@@ -34,7 +34,7 @@ from tests.conftest import free_port
 from tests.reliability.conftest import SCALES, sized
 
 # Strings as argv can hold them: no NUL; lone surrogates stand for bytes that are not UTF-8.
-argv_chars = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+argv_chars = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
 not_utf8 = st.sampled_from([b"\xff", b"caf\xe9", b"\xc3", b"\xed\xa0\x80", b"ok\x80ok"]).map(
     lambda raw: raw.decode("utf-8", "surrogateescape"))
 odd_text = st.one_of(
@@ -52,9 +52,8 @@ floats = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )
 days = st.one_of(st.dates().map(str), st.sampled_from(["2026-12-01", "2026-13-01", "20261201", "2026-1-1", "notadate"]))
-policies = st.one_of(
-    st.lists(st.sampled_from(["off", "redact", "pseudonymize", "restore", "bogus", ""]), min_size=1, max_size=4).map(",".join),
-)
+policies = st.lists(st.sampled_from(["off", "redact", "pseudonymize", "restore", "bogus", ""]), min_size=1,
+                    max_size=4).map(",".join)
 
 
 @dataclass
@@ -80,6 +79,26 @@ class Places:
         return st.floats(0, 1).flatmap(lambda x: rare if x < 0.3 else common)
 
 
+def self_signed_pem() -> bytes:
+    """A CA certificate, so --ca-file also takes a good file (TLS to the closed port then fails)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fuzz CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
 def make_places(root: Path) -> Places:
     store = KeyStore(root / "keys.db")
     store.add("existing", KeyRights(models=("llama",)))
@@ -92,8 +111,7 @@ def make_places(root: Path) -> Places:
     (root / "models").mkdir()
     (root / "config.toml").write_text(f'[server]\nmodels = "{root / "models"}"\n')
     (root / "bad.toml").write_bytes(b"[server\n\xff")
-    (root / "ca.pem").write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text()
-                                 if Path("/etc/ssl/certs/ca-certificates.crt").exists() else "")
+    (root / "ca.pem").write_bytes(self_signed_pem())
     (root / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     return Places(root, f"127.0.0.1:{free_port()}")
 
@@ -171,8 +189,8 @@ def command_lines(draw, command: tuple[tuple[str, ...], list], places: Places):
             if action.nargs != 0:
                 argv.append(draw(flag_values(action, places, wild)))
         for action in positionals:
-            count = {None: 1, "+": draw(st.integers(1, 3)), "*": draw(st.integers(0, 2)), "?": draw(st.integers(0, 1))}.get(
-                action.nargs, action.nargs if isinstance(action.nargs, int) else 1)
+            counts = {None: 1, "+": draw(st.integers(1, 3)), "*": draw(st.integers(0, 2)), "?": draw(st.integers(0, 1))}
+            count = counts.get(action.nargs, action.nargs if isinstance(action.nargs, int) else 1)
             if not wild or draw(st.floats(0, 1)) < 0.9:
                 argv += [draw(flag_values(action, places, wild)) for _ in range(count)]
     # Now and then: an unknown flag, a value-less flag at the end, --help, or stray words.
