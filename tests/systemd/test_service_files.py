@@ -183,6 +183,8 @@ def test_unit_hardening_leaves_the_gpu_and_cuda_working():
         values.setdefault(key, []).append(value)
     assert values["Type"] == ["notify"] and values["NotifyAccess"] == ["main"]
     assert values["Restart"] == ["on-failure"] and values["WatchdogSec"] == ["30"]
+    # Exit 2 (bad config, file, flag or address) is not retried: it would fail the same way.
+    assert values["RestartPreventExitStatus"] == ["2"]
     assert values["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert values.get("PrivateDevices", ["no"]) == ["no"]  # would hide /dev/nvidia*
     assert "MemoryDenyWriteExecute" not in values  # CUDA's PTX JIT needs W+X pages
