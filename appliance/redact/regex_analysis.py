@@ -64,19 +64,25 @@ def bounds(pattern: re.Pattern) -> PatternBounds:
     tree = _parse(pattern)
     low, high = _width(tree)
     behind = ahead = 0
-    stack = [tree]
+    # (sub-pattern, how far before the match's start its text may begin): a lookbehind inside a
+    # lookbehind (`(?<!(?<![A-Za-z])inv[0-9])`) peeks past the outer one's start.
+    stack = [(tree, 0)]
     while stack:
-        for op, av in stack.pop():
+        seq, before = stack.pop()
+        for op, av in seq:
             if op in (sre.AT, sre.GROUPREF, sre.GROUPREF_EXISTS):
                 raise ValueError(f"detector patterns may not use {op}: its reach is not local")
             if op in _LOOKAROUNDS:
                 direction, sub = av
                 width = _width(sub)[1]
                 if direction < 0:
-                    behind = max(behind, width)
+                    behind = max(behind, before + width)
+                    stack.append((sub, before + width))
                 else:
                     ahead = max(ahead, width)
-            stack.extend(_children(op, av))
+                    stack.append((sub, before))
+                continue
+            stack.extend((child, before) for child in _children(op, av))
     if low < 1:
         raise ValueError("detector patterns must not match the empty string")
     return PatternBounds(low, high, behind, ahead)

@@ -8,8 +8,8 @@ from appliance.redact.detectors.financial import card_detector, iban_detector, i
 from appliance.redact.detectors.identity import (cn_resident_id_detector, is_cn_resident_id, person_detector,
                                                  ssn_detector)
 from appliance.redact.detectors.network import ipv4_detector, ipv6_detector, is_ipv6
-from appliance.redact.detectors.secrets import (bearer_detector, password_detector, pem_detector,
-                                                secret_token_detector)
+from appliance.redact.detectors.secrets import (aws_secret_key_detector, bearer_detector, password_detector,
+                                                pem_detector, secret_token_detector)
 
 PATTERN_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN",
                  "CN_RESIDENT_ID", "PERSON", "SECRET")
@@ -21,7 +21,7 @@ def default_detectors(entity_types=None, phone_regions: tuple[str, ...] = ("CN",
     detectors = (
         email_detector(), phone_detector(phone_regions), card_detector(), iban_detector(),
         ipv4_detector(), ipv6_detector(), ssn_detector(), cn_resident_id_detector(), person_detector(),
-        secret_token_detector(), bearer_detector(), password_detector(), pem_detector(),
+        secret_token_detector(), aws_secret_key_detector(), bearer_detector(), password_detector(), pem_detector(),
     )
     if entity_types is None:
         return detectors

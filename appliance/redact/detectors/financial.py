@@ -12,8 +12,12 @@ from appliance.redact.detectors.numbers import AFTER_CAPITALS_RUN, NUMBER_RUN, g
 
 # 13 to 19 digits, single spaces or dashes allowed between any two. Only digits and ASCII
 # letters may not touch it, so `卡号6222...` is caught and `YT2412...` (a parcel) is not. Nor may
-# it continue a digit group (`DE89 3704 0044 ...`: the groups of an IBAN or account number).
-CARD = re.compile(r"[0-9](?<![0-9A-Za-z][0-9])(?<![0-9][ \-][0-9])(?:[ \-]?[0-9]){12,18}(?![0-9A-Za-z])")
+# it continue a digit group (`DE89 3704 0044 ...`: the groups of an IBAN or account number), or
+# be one part of a hyphen-joined code (`SKU-4111111111111111-RED`).
+CARD = re.compile(
+    r"[0-9](?<![0-9A-Za-z][0-9])(?<![0-9][ \-][0-9])(?<![A-Za-z]-[0-9])(?:[ \-]?[0-9]){12,18}"
+    r"(?![0-9A-Za-z]|-[0-9A-Za-z])"
+)
 
 # Issuer prefixes and lengths (lowest prefix, highest prefix, lengths). Luhn alone would accept
 # one random digit string in ten; requiring a real issuer range cuts false hits on order numbers.

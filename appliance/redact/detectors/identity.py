@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from stdnum import numdb
 from stdnum.cn import ric
+from stdnum.exceptions import ValidationError
 
 from appliance.redact.detector import Anchor, PatternDetector, literal_anchors
 from appliance.redact.detectors.numbers import NUMBER_RUN
@@ -39,7 +41,26 @@ CN_RESIDENT_ID = re.compile(
 
 @lru_cache(maxsize=4096)
 def is_cn_resident_id(compact: str) -> bool:
-    return ric.is_valid(compact)  # check digit, real calendar date, region valid in the birth year
+    """Check character, a real birth date, and a region code that stdnum knows at any time.
+
+    `ric.is_valid` also wants the region to have existed in the birth year, but IDs are issued
+    (and reissued) under the codes current at issue: someone born in 1985 in what became Pudong
+    (310115, created 1992) carries 310115. So the region is checked against stdnum's data
+    without its dates.
+    """
+    if len(compact) != 18 or not compact[:17].isdigit() or compact[17] != ric.calc_check_digit(compact):
+        return False
+    try:
+        ric.get_birth_date(compact)
+    except ValidationError:
+        return False
+    return _region_ever_assigned(compact[:6])
+
+
+@lru_cache(maxsize=4096)
+def _region_ever_assigned(code: str) -> bool:
+    # numdb answers one (prefix, properties) pair per level: province, then county.
+    return any("county" in props for _part, props in numdb.get("cn/loc").info(code))
 
 
 def cn_resident_id_detector() -> PatternDetector:

@@ -1,7 +1,8 @@
 """Shared pieces of the number-shaped detectors (phone, card, SSN, resident ID, IPv4).
 
-All of them consume only digits and a few separators, so a whole-text scan visits only maximal
-runs of those characters (`NUMBER_RUN`), one run for all five detectors.
+All of them consume only digits and a few separators (and phone numbers an extension after them),
+so a whole-text scan visits only maximal runs of those characters (`NUMBER_RUN`), one run for all
+five detectors.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ from typing import Iterator
 
 from appliance.redact.detector import Anchor
 
+# A phone extension's marker and digits (`ext. 1234`, `x1234`, `转1234`, `，分机12`, `(ext. 12)`).
+EXTENSION_WORD = r"(?:[Ee]xt(?:ension)?|EXT(?:ENSION)?)\.?|[Xx]|转|分机号?"
 # Every character any number-shaped pattern may consume; a run starts where a match can start.
-# The empty group marks runs right after two capitals: where an IBAN's check digits begin.
-_RUNS = re.compile(r"[0-9+(](?P<after_capitals>(?<=[A-Z]{2}[0-9]))?[0-9Xx ()+.\-]*")
+# The empty group marks runs right after two capitals: where an IBAN's check digits begin. A run
+# goes on through extension markers in their loosest spelling, so that a phone number's match,
+# which includes its extension, still ends inside the run.
+_RUN_CHARS = r"[0-9Xx ()+.\-]*"
+_RUNS = re.compile(rf"[0-9+(](?P<after_capitals>(?<=[A-Z]{{2}}[0-9]))?{_RUN_CHARS}"
+                   rf"(?:[ ,，(]{{0,3}}(?:{EXTENSION_WORD})[ .:]{{0,2}}[0-9]{_RUN_CHARS})*")
 NUMBER_RUN = Anchor(_RUNS, lead=0, encloses=True)
 AFTER_CAPITALS_RUN = Anchor(_RUNS, lead=2, group="after_capitals")
 

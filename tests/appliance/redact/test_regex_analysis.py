@@ -48,7 +48,8 @@ def test_declared_reach_covers_the_longest_match(detector):
 
 ALPHABET = st.sampled_from(list("0123456789 -.+()@:_=\nabcXAEGkrsp名叫张我码") +
                            ["sk-", "AKIA", "ame is ", "-----BEGIN PRIVATE KEY-----", "-----END ", "Bearer ", "DE89",
-                            "password: ", "@ex.com", "fe80::", "138"])
+                            "password: ", "@ex.com", "fe80::", "138", "é", "'", "@münchen.de", "谢", "ext. ", "转",
+                            "，分机", "invoice ", "发票号", "SKU-", "aws_secret_access_key=", "wJalrXUtnFEMI/K7MDENG/"])
 
 
 @settings(max_examples=120, deadline=None)
@@ -66,3 +67,9 @@ def test_an_attempt_not_marked_open_is_already_decided(pieces):
                 on_prefix = detector.pattern.match(prefix, start)
                 on_text = detector.pattern.match(text, start)
                 assert (on_prefix and on_prefix.span()) == (on_text and on_text.span()), (detector.name, start, end)
+
+
+def test_a_lookbehind_inside_a_lookbehind_adds_to_how_far_back_a_pattern_peeks():
+    # Whether "inv" starts a word is decided by the character before it: 4 + 1 characters back.
+    b = bounds(re.compile(r"[0-9](?<!(?<![A-Za-z])inv[0-9])[0-9]{2}"))
+    assert (b.lookbehind, b.max_length) == (5, 3)

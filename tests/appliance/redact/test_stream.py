@@ -119,3 +119,36 @@ def test_min_score_applies_to_streams_as_to_whole_texts():
     text = "call 138 0013 8000 or mail a.b@example.com"
     stream = strict.stream()
     assert run(stream, [text[:9], text[9:]]) == strict.redact(text).text == "call 138 0013 8000 or mail [EMAIL_ADDRESS]"
+
+
+ISSUE_12_CASES = [
+    ("write to Renée.Dupont@exemple.fr or müller@example.de, cc o'brien@example.com.",
+     "write to [EMAIL_ADDRESS] or [EMAIL_ADDRESS], cc [EMAIL_ADDRESS]."),
+    ("请联系josé@ejemplo.es谢谢，或者user@münchen.de。", "请联系[EMAIL_ADDRESS]谢谢，或者[EMAIL_ADDRESS]。"),
+    ("https://example.com/u?email=bob@example.com&x=1", "https://example.com/u?email=[EMAIL_ADDRESS]&x=1"),
+    ("身份证号31011519850612123X，SKU-4111111111111111-RED，invoice 13800138000，发票号13800138000",
+     "身份证号[CN_RESIDENT_ID]，SKU-4111111111111111-RED，invoice 13800138000，发票号13800138000"),
+    ("call +1 415 555 0100 ext. 1234 or +1 415 555 0100 x1234, 电话13800138000转1234，Tel 021 6241 3848 (ext. 12)",
+     "call [PHONE_NUMBER] or [PHONE_NUMBER], 电话[PHONE_NUMBER]，Tel [PHONE_NUMBER]"),
+    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\nAWS_SECRET_ACCESS_KEY=" + "x" * 40,
+     "aws_secret_access_key = [SECRET]\nAWS_SECRET_ACCESS_KEY=" + "x" * 40),
+]
+
+
+@pytest.mark.parametrize("text, redacted", ISSUE_12_CASES)
+def test_every_two_and_three_way_split_of_the_issue_12_cases_matches_the_whole_text(redactor, text, redacted):
+    assert redactor.redact(text).text == redacted
+    for i in range(len(text) + 1):
+        assert run(redactor.stream(), [text[:i], text[i:]]) == redacted, i
+    for i in range(0, len(text) + 1, 3):
+        for j in range(i, len(text) + 1, 5):
+            assert run(redactor.stream(), [text[:i], text[i:j], text[j:]]) == redacted, (i, j)
+    assert run(redactor.stream(), list(text)) == redacted
+
+
+def test_an_extension_is_held_until_it_ends(redactor):
+    stream = redactor.stream()
+    assert stream.feed("call +1 415 555 0100") == "call "
+    assert stream.feed(" ext. 12") == ""
+    assert stream.feed("34 today") == "[PHONE_NUMBER] "
+    assert stream.close() == "today"

@@ -55,3 +55,18 @@ def test_ibans(redactor, text, code):
 def test_ibans_with_wrong_check_digits_are_not_ibans(redactor):
     wrong = DE[:2] + f"{(int(DE[2:4]) + 1) % 100:02d}" + DE[4:]
     assert found(redactor, f"IBAN {wrong}", "IBAN_CODE") == []
+
+
+@pytest.mark.parametrize("text", [
+    f"SKU-{VISA}-RED", f"part SKU-{VISA}", f"{VISA}-RED in stock", f"ABC-{VISA[:4]}-{VISA[4:8]}-{VISA[8:12]}-{VISA[12:]}",
+])
+def test_digits_inside_hyphen_joined_product_codes_are_not_cards(redactor, text):
+    assert found(redactor, text, "CREDIT_CARD") == []
+
+
+@pytest.mark.parametrize("text, card", [
+    (f"card-less? no: {VISA}-", VISA), (f"卡号-{VISA}", VISA), (f"{VISA[:4]}-{VISA[4:8]}-{VISA[8:12]}-{VISA[12:]}",
+                                                                 f"{VISA[:4]}-{VISA[4:8]}-{VISA[8:12]}-{VISA[12:]}"),
+])
+def test_cards_next_to_a_lone_hyphen_are_still_cards(redactor, text, card):
+    assert found(redactor, text, "CREDIT_CARD") == [card]

@@ -72,3 +72,15 @@ def test_names_where_the_text_introduces_one(redactor, text, name):
 ])
 def test_no_name_without_an_introduction(redactor, text):
     assert found(redactor, text, "PERSON") == []
+
+
+def test_a_region_code_newer_than_the_birth_year_is_accepted(redactor):
+    # Pudong (310115) was created in 1992; people born there in 1985 carry today's code. stdnum's
+    # strict check (region valid in the birth year) rejects it, so only the check digit, the birth
+    # date and "the code exists at some time" are required.
+    assert not ric.is_valid("31011519850612123X")
+    assert found(redactor, "身份证号31011519850612123X，请核实", "CN_RESIDENT_ID") == ["31011519850612123X"]
+    retired = resident_id("11010319900101001")  # 崇文区, merged away in 2010: old IDs keep it
+    assert found(redactor, f"身份证号{retired}", "CN_RESIDENT_ID") == [retired]
+    no_county = resident_id("31999919850612123")  # province 31 exists, county 9999 never did
+    assert found(redactor, f"身份证号{no_county}", "CN_RESIDENT_ID") == []

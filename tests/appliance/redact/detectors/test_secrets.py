@@ -32,3 +32,32 @@ def test_secrets(redactor, text, secret):
 ])
 def test_not_secrets(redactor, text):
     assert found(redactor, text) == []
+
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+# Issue 12: AWS secret access keys are 40 base64 characters with no prefix of their own, so they
+# are found only after a label that names them, and only when they look random.
+@pytest.mark.parametrize("text", [
+    f"aws_secret_access_key = {AWS_SECRET}",
+    f"export AWS_SECRET_ACCESS_KEY={AWS_SECRET}",
+    f'{{"AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "SecretAccessKey": "{AWS_SECRET}"}}',
+    f"my secret access key is {AWS_SECRET}, is that bad?",
+    f"AWS secret key: {AWS_SECRET}",
+    f"Access key ID,Secret access key\nAKIAIOSFODNN7EXAMPLE,{AWS_SECRET}\n",
+    f"秘密访问密钥：{AWS_SECRET}",
+])
+def test_aws_secret_access_keys_after_a_label(redactor, text):
+    assert AWS_SECRET in found(redactor, text)
+
+
+@pytest.mark.parametrize("text", [
+    f"token {AWS_SECRET}",  # no label: 40 characters alone could be anything
+    "aws_secret_access_key = " + "a" * 40,  # a placeholder, not a random key
+    "aws_secret_access_key: 3f786850e387550fdab836ed7e6dc881de23001b",  # a hex digest (sha1)
+    "AWS_SECRET_ACCESS_KEY=YOURSECRETACCESSKEYGOESHEREPLEASEOKTHANK",
+    f"aws_secret_access_key = {AWS_SECRET}X",  # 41 characters: not a key
+])
+def test_not_aws_secret_access_keys(redactor, text):
+    assert found(redactor, text) == []
