@@ -73,7 +73,8 @@ class EncoderSession:
         self.max_text_tokens = manifest.context_length
         self.max_batch_tokens = max_batch_tokens
         # Without shrinkage the CPU arena keeps the largest sub-batch's activations for the
-        # process's life. A call's last run shrinks it; the runs before reuse it.
+        # process's life. A call's last run shrinks it; the runs before reuse it (a stopped call
+        # leaves at most one sub-batch's worth until the next call ends).
         self._release_options = ort.RunOptions()
         self._release_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
@@ -90,8 +91,8 @@ class EncoderSession:
         token_ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
         for index, tokens in enumerate(token_ids):
             if len(tokens) > self.max_text_tokens:
-                raise InvalidRequest(f"{field}[{index}]", f"is {len(tokens)} tokens long; this model reads "
-                                                          f"at most {self.max_text_tokens} tokens per text")
+                raise InvalidRequest(f"{field}[{index}]", f"has {len(tokens)} tokens; the model reads at most "
+                                                          f"{self.max_text_tokens} per text")
         return token_ids
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
