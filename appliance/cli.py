@@ -135,7 +135,8 @@ def _models(args) -> int:
     with _client(args) as client:
         for m in client.list_models():
             line = (f"{m.name:24} {m.state:8} {m.task:20} {m.architecture:10} {m.precision:5} "
-                    f"ctx={m.context_length} version={m.version or '-'}")
+                    f"ctx={m.context_length} version={m.version or '-'}"
+                    + ("" if m.batch_invariant is None else f" batch-invariant={'yes' if m.batch_invariant else 'no'}"))
             print(line + (f"  error: {m.error}" if m.error else "")
                   + (f"  last reload failed: {m.reload_error}" if m.reload_error else ""))
     return 0

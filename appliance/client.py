@@ -59,6 +59,9 @@ class ModelSummary:
     execution_provider: str
     version: str = ""
     reload_error: str = ""
+    # Decoders: whether a request's tokens are the same alone or batched there (None: not measured).
+    batch_invariant: Optional[bool] = None
+    batch_invariance_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,9 @@ def _summary(m) -> ModelSummary:
                         context_length=m.context_length,
                         state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
                         error=m.error, execution_provider=m.execution_provider, version=m.version,
-                        reload_error=m.reload_error)
+                        reload_error=m.reload_error,
+                        batch_invariant=m.batch_invariance.holds if m.HasField("batch_invariance") else None,
+                        batch_invariance_note=m.batch_invariance.note)
 
 
 class ApplianceClient:

@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 
 from tokenizers import Tokenizer
 
+from appliance.engine.batch_invariance import InvarianceReport, Policy as InvariancePolicy, probe as probe_batch_invariance
 from appliance.engine.chat import ChatTemplate
 from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
@@ -59,6 +60,8 @@ class ServedModel:
     chat: Optional[ChatTemplate] = None
     provider: str = ""
     version: str = ""
+    # Decoders: whether a request's tokens are the same alone or batched on this host, measured at load.
+    batch_invariance: Optional[InvarianceReport] = None
     # The files as they were when this version was verified (model_package.package_stamp).
     stamp: tuple = ()
     # Why the last reload of this package failed while this version kept serving.
@@ -98,7 +101,8 @@ class ModelRegistry:
     RETIRE_POLL_S = 0.05
 
     def __init__(self, models_dir: Path, runtime: RuntimeOptions, scheduling: SchedulerConfig = SchedulerConfig(),
-                 max_context: int = 0, encoder_batch_tokens: int = DEFAULT_BATCH_TOKENS):
+                 max_context: int = 0, encoder_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 batch_invariance: InvariancePolicy = "auto"):
         if not models_dir.is_dir():
             raise ApplianceError(f"models folder {models_dir} does not exist")
         self.models_dir = models_dir
@@ -106,6 +110,7 @@ class ModelRegistry:
         self.scheduling = scheduling
         self.max_context = max_context
         self.encoder_batch_tokens = encoder_batch_tokens
+        self.batch_invariance = batch_invariance
         # Replaced entry by entry, never mutated in place by readers: a lookup sees either the
         # old or the new version of a package, whole.
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}
@@ -268,6 +273,7 @@ class ModelRegistry:
         if manifest.task == "text-generation":
             runner = open_decoder_runner(model.path, manifest, self.runtime, self.scheduling.max_batch, self.max_context)
             model.provider = runner.provider
+            model.batch_invariance = self._probe_invariance(model.name, runner)
             engine = GenerationEngine(runner, tokenizer, manifest.eos_token_ids, self.scheduling,
                                       name=f"engine-{model.name}")
             model.engine = engine
@@ -285,6 +291,11 @@ class ModelRegistry:
             model.provider = classifier.provider
             classifier.logits(["warm-up"])
             model.classifier = classifier
+
+    def _probe_invariance(self, name: str, runner) -> InvarianceReport:
+        report = probe_batch_invariance(runner, self.batch_invariance)
+        log.info("%s: batch invariance %s: %s", name, "holds" if report.holds else "does not hold", report.note)
+        return report
 
     @staticmethod
     def _warm_decoder(engine: GenerationEngine) -> None:

@@ -31,6 +31,8 @@ def test_models_and_embed_commands(daemon):
     done = appliance("models", "--target", daemon.target)
     assert done.returncode == 0
     assert "minilm" in done.stdout and "ready" in done.stdout
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert "batch-invariant=" in lines["llama"] and "batch-invariant" not in lines["minilm"]
     done = appliance("embed", "--target", daemon.target, "--model", "minilm", "退款", "refund")
     assert done.returncode == 0
     assert len(done.stdout.splitlines()) == 2

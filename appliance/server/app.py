@@ -114,7 +114,7 @@ class Daemon:
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context,
-                                      engine.encoder_batch_tokens)
+                                      engine.encoder_batch_tokens, engine.batch_invariance)
         self.metrics = Metrics()
         self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None
         keys = KeyStore(config.auth.keys_db) if config.auth.keys_db else None

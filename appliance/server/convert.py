@@ -169,6 +169,10 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         info.architecture = model.manifest.architecture
         info.precision = model.manifest.precision
         info.context_length = model.manifest.context_length
+    report = model.batch_invariance
+    if report is not None:
+        info.batch_invariance.CopyFrom(pb.BatchInvariance(holds=report.holds, row_quantum=report.row_quantum,
+                                                          padding_cost=report.padding_cost, note=report.note))
     return info
 
 

@@ -293,7 +293,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider", "version", "reload_error")
+    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider", "version", "reload_error", "batch_invariance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +304,7 @@ class ModelInfo(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INVARIANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     architecture: str
@@ -314,7 +315,20 @@ class ModelInfo(_message.Message):
     execution_provider: str
     version: str
     reload_error: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., reload_error: _Optional[str] = ...) -> None: ...
+    batch_invariance: BatchInvariance
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., reload_error: _Optional[str] = ..., batch_invariance: _Optional[_Union[BatchInvariance, _Mapping]] = ...) -> None: ...
+
+class BatchInvariance(_message.Message):
+    __slots__ = ("holds", "row_quantum", "padding_cost", "note")
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    ROW_QUANTUM_FIELD_NUMBER: _ClassVar[int]
+    PADDING_COST_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    holds: bool
+    row_quantum: int
+    padding_cost: float
+    note: str
+    def __init__(self, holds: _Optional[bool] = ..., row_quantum: _Optional[int] = ..., padding_cost: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

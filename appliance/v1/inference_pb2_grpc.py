@@ -81,6 +81,8 @@ class InferenceServicer:
 
     def Embed(self, request, context):
         """Embed turns a batch of texts into vectors with an embedding (feature-extraction) package.
+        The texts run in sub-batches of bounded size; a call that is cancelled or passes its
+        deadline stops before its next sub-batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -118,3 +118,47 @@ def test_a_spare_row_leaves_the_rows_it_pads_with_as_they_were(block128):
     runner.decode(np.asarray([4]), np.asarray([2]))
     assert all(np.array_equal(buffer[1, :, :3], before) for buffer, before in zip(runner._kv, kv_before))
     assert runner._mask[1].sum() == 3 and runner._mask[2].sum() == 0 and runner._mask[0].sum() == 3
+
+
+def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(block128, caplog):
+    import logging
+
+    from appliance.registry import ModelRegistry
+
+    caplog.set_level(logging.INFO, logger="appliance.registry")
+    registry = ModelRegistry(block128.parent, RuntimeOptions(intra_op_threads=1), SchedulerConfig(max_batch=4),
+                             batch_invariance="always")
+    try:
+        registry.load_all()
+        model = registry.get("llama-b128")
+        assert model.batch_invariance.holds
+        assert model.engine.runner.row_quantum == model.batch_invariance.row_quantum
+    finally:
+        registry.close()
+    assert any("llama-b128: batch invariance holds" in r.getMessage() for r in caplog.records)
+
+
+def test_the_config_names_a_bad_batch_invariance_policy(tmp_path):
+    from appliance.errors import ConfigError
+    from appliance.server.config import load_config
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ConfigError, match="engine.batch_invariance"):
+        load_config(None, {"server": {"models": tmp_path / "models"}, "engine": {"batch_invariance": "sometimes"}})
+
+
+def test_get_model_reports_the_measurement_for_decoders_only(daemon):
+    import grpc
+
+    from appliance.v1 import inference_pb2 as pb
+    from appliance.v1 import inference_pb2_grpc
+
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        llama = stub.GetModel(pb.GetModelRequest(name="llama"), timeout=10).model
+        minilm = stub.GetModel(pb.GetModelRequest(name="minilm"), timeout=10).model
+    assert llama.HasField("batch_invariance")
+    assert llama.batch_invariance.row_quantum in (1, 2, 4) and llama.batch_invariance.note
+    assert llama.batch_invariance.holds == ("holds" in llama.batch_invariance.note.split(";")[0]
+                                            and "not" not in llama.batch_invariance.note.split(";")[0])
+    assert not minilm.HasField("batch_invariance")
