@@ -17,8 +17,8 @@ equal `Redactor.redact(text).text`. The stream holds back only what could still 
 
 How much that is: on chat text about 2 characters on average (a partial word or number), at
 most a few tokens. The worst case is bounded by the detectors' reaches (`Redactor.max_holdback`):
-email 641, phone 96 (with a document label or an extension), an AWS secret key 126, person
-80, a bearer token 4110, a PEM block 8343 characters.
+email 641, phone 76 (with an extension), an AWS secret key 126, person 80, a bearer token
+4110, a PEM block 8343 characters.
 
 Each feed scans only from each detector's `pos`, so the work per chunk does not grow with the
 length of the stream. Chunks may be bytes (UTF-8, split anywhere, even inside a character).

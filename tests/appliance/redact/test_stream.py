@@ -152,3 +152,14 @@ def test_an_extension_is_held_until_it_ends(redactor):
     assert stream.feed(" ext. 12") == ""
     assert stream.feed("34 today") == "[PHONE_NUMBER] "
     assert stream.close() == "today"
+
+
+def test_labels_just_before_a_number_survive_the_buffer_being_trimmed(redactor):
+    # The stream drops consumed text every 2048 characters but keeps what lookbehinds read:
+    # the document label before a number, and the letter before the label ("border" is no label).
+    text = "".join(f"{'x' * (100 + i)} border 13800138000 confirmation number : 13800138000 订单号：13912345678 "
+                   for i in range(40))
+    whole = redactor.redact(text).text
+    assert whole.count("[PHONE_NUMBER]") == 40
+    for size in (1, 3, 7):
+        assert run(redactor.stream(), [text[i:i + size] for i in range(0, len(text), size)]) == whole
