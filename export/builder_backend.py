@@ -18,22 +18,13 @@ from export.source import ExportError, ModelSource
 
 # model_type values the genai 0.15 builder turns into GQA graphs that our runner serves.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "granite", "olmo")
-# Weight-only methods the builder itself offers (it quantizes while it writes the graph).
-BUILDER_METHODS = ("rtn", "k_quant")
 TOOL = "onnxruntime_genai.models.builder"
 
 
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
           cache_dir: Path, log_path: Path, phases) -> dict:
-    """Runs the builder into staging; returns the manifest fields it determines."""
-    if source.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ExportError(f"the builder backend does not support {source.model_type or 'this model'}; "
-                          f"it supports: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if precision == "fp16" and target == "cpu":
-        raise ExportError("fp16 decoders are for GPU targets; use --target cuda, or fp32/int8/int4 for cpu")
-    if precision in ("int4", "int8") and recipe.method not in BUILDER_METHODS:
-        raise ExportError(f"the builder backend quantizes with {' or '.join(BUILDER_METHODS)}; "
-                          f"use --backend optimum for {recipe.method}")
+    """Runs the builder into staging; returns the manifest fields it determines. The model type,
+    precision, target and recipe were checked before (cli.choose_backend, export/recipe.py)."""
     provider = "cpu" if target == "cpu" else "cuda"
     options = ["hf_token=false"]
     if precision in ("int4", "int8"):

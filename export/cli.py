@@ -3,13 +3,16 @@
 `appliance-export verify DIR` re-checks a package: hashes, loads it, and re-runs the validation
 against its source when that is still on disk.
 
-Exit codes: 0 written (or verified), 1 a clear error (nothing is left behind), 2 the host cannot
-build what was asked for (e.g. the tensorrt target without a GPU).
+Exit codes: 0 written (or verified), 1 a clear error (nothing is left behind), 2 refused before any
+work: bad usage, an option the chosen backend does not implement, or a host that cannot build
+what was asked for (e.g. the tensorrt target without a GPU). Errors are one line on stderr; with
+--json, stdout also gets {"error": ..., "exit_code": ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -20,21 +23,29 @@ from pathlib import Path
 import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
-from export import builder_backend, optimum_backend, tensorrt_backend, validate
-from export.graph_info import io_signature, matmul_nbits_widths
+from export import builder_backend, optimum_backend, recipe, tensorrt_backend, validate
+from export.graph_info import io_signature, matmul_nbits_settings
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
-from export.quantize import QuantRecipe
+from export.recipe import BadOptions, QuantOptions
 from export.source import ExportError, ModelSource, resolve_source
 
 TASKS = ("auto", "text-generation", "feature-extraction", "text-classification", "token-classification")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta-v2", "nomic_bert")
 QUANT_METHODS = ("rtn", "k_quant", "hqq", "gptq")
-EXIT_HOST_CANNOT = 2
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
 
 
 class HostCannot(ExportError):
     """The request is fine, this host cannot do it (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become BadOptions: one line, and JSON under --json, like every other refusal."""
+
+    def error(self, message):
+        raise BadOptions(f"{message} (see {self.prog} --help)")
 
 
 def detect_task(source: ModelSource) -> str:
@@ -52,7 +63,10 @@ def detect_task(source: ModelSource) -> str:
 def choose_backend(task: str, requested: str, source: ModelSource) -> str:
     if requested != "auto":
         if requested == "builder" and task != "text-generation":
-            raise ExportError("the builder backend builds text-generation models only; use --backend optimum")
+            raise BadOptions("the builder backend builds text-generation models only; use --backend optimum")
+        if requested == "builder" and source.model_type not in builder_backend.SUPPORTED_MODEL_TYPES:
+            raise BadOptions(f"the builder backend does not support {source.model_type or 'this model'}; "
+                             f"it supports: {', '.join(builder_backend.SUPPORTED_MODEL_TYPES)}")
         return requested
     builder_ok = task == "text-generation" and source.model_type in builder_backend.SUPPORTED_MODEL_TYPES
     return "builder" if builder_ok else "optimum"
@@ -70,16 +84,17 @@ def _chat_template(source_dir: Path) -> str | None:
     return None
 
 
-def _recipe(args) -> QuantRecipe:
-    calibration = Path(args.calibration_file) if args.calibration_file else None
-    if calibration is not None and not calibration.is_file():
-        raise ExportError(f"calibration file {calibration} does not exist")
-    return QuantRecipe(args.block_size, args.accuracy_level, not args.asymmetric, args.quant_method, calibration)
+def _quant_options(args) -> QuantOptions:
+    return QuantOptions(method=args.quant_method, block_size=args.block_size, accuracy_level=args.accuracy_level,
+                        asymmetric=args.asymmetric,
+                        calibration_file=Path(args.calibration_file) if args.calibration_file else None)
 
 
 def export_package(args, phases: Phases) -> dict:
     import onnxruntime
 
+    # Everything that can refuse the request runs before any export work (seconds to minutes).
+    recipe.check_precision_target(args.precision, args.target)
     if args.target == "tensorrt" and (reason := tensorrt_backend.unavailable_reason()):
         raise HostCannot(reason)
     phases.begin("load")
@@ -88,21 +103,21 @@ def export_package(args, phases: Phases) -> dict:
     source = resolve_source(args.source, args.revision)
     task = detect_task(source) if args.task == "auto" else args.task
     backend = choose_backend(task, args.backend, source)
-    recipe = _recipe(args)
+    quant = recipe.resolve(backend, args.precision, _quant_options(args))
     with staging_folder(output) as staging:
         work = staging.with_name(staging.name + ".work")
         work.mkdir()
         try:
             phases.begin("export")
             if backend == "builder":
-                fields = builder_backend.build(source, staging, args.precision, args.target, recipe,
+                fields = builder_backend.build(source, staging, args.precision, args.target, quant,
                                                work / "cache", work / "builder.log", phases)
             else:
-                fields = optimum_backend.export(source, staging, task, args.precision, args.target, recipe, work, phases)
+                fields = optimum_backend.export(source, staging, task, args.precision, args.target, quant, work, phases)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         copy_tokenizer(source.path, staging)
-        _check_weight_bits(staging / fields["model_file"], fields["quantization"])
+        _check_recipe(staging / fields["model_file"], fields["quantization"])
         signature = io_signature(staging / fields["model_file"])
         if fields.get("kv_layout") is not None:
             past = next(t for t in signature.inputs if t.name == fields["kv_layout"].past_key % 0)
@@ -123,7 +138,8 @@ def export_package(args, phases: Phases) -> dict:
         phases.begin("validate")
         figures = validate.run(source.path, staging, manifest, phases)
         problems = validate.failures(figures, task, args.precision)
-        figures["passed"] = not problems
+        # null, not true, when nothing was compared: readers must not take a skip for a pass.
+        figures["passed"] = None if figures["kind"] == "skipped" else not problems
         manifest = manifest.model_copy(update={"validation": figures})
         if problems and not args.force:
             raise ExportError("validation failed: " + "; ".join(problems) + " (--force writes it anyway)")
@@ -138,14 +154,23 @@ def export_package(args, phases: Phases) -> dict:
             "validation": figures, "problems": problems, "timings": phases.timings}
 
 
-def _check_weight_bits(model_path: Path, quantization: dict) -> None:
-    """The manifest must say what the graph holds: compare the recipe's bits with the nodes'."""
+def _check_recipe(model_path: Path, quantization: dict) -> None:
+    """The manifest must say what the graph holds: every MatMulNBits node must have the recipe's
+    bits, block size, accuracy level and symmetry (export/recipe.py says why this can differ)."""
     if quantization.get("op") != "MatMulNBits":
         return
-    widths = matmul_nbits_widths(model_path)
-    if widths != {quantization["bits"]}:
-        found = ", ".join(str(w) for w in sorted(widths)) or "no MatMulNBits"
+    settings = matmul_nbits_settings(model_path)
+    if {bits for bits, _, _, _ in settings} != {quantization["bits"]}:
+        found = ", ".join(str(bits) for bits in sorted({s[0] for s in settings})) or "no MatMulNBits"
         raise ExportError(f"the graph holds {found}-bit weights where {quantization['bits']}-bit were asked for")
+    wanted = (quantization["bits"], quantization["block_size"], quantization["accuracy_level"],
+              quantization["symmetric"])
+    wrong = sorted(settings - {wanted})
+    if wrong:
+        differing = [f"{name} {have} (the recipe says {want})" for name, have, want
+                     in zip(("bits", "block_size", "accuracy_level", "symmetric"), wrong[0], wanted) if have != want]
+        raise ExportError(f"the {quantization['method']} graph does not hold its recipe: MatMulNBits nodes with "
+                          + ", ".join(differing))
 
 
 def verify_package(package: Path) -> dict:
@@ -154,6 +179,8 @@ def verify_package(package: Path) -> dict:
     source = manifest.source.path
     if source and Path(source).is_dir():
         figures = validate.run(Path(source), package, manifest, Phases(quiet=True))
+        if figures["kind"] == "skipped":
+            figures["passed"] = None  # nothing compared: not a pass, not a failure either
         result["validation"] = figures
         result["problems"] = validate.failures(figures, manifest.task, manifest.precision)
     else:
@@ -166,8 +193,8 @@ def verify_package(package: Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="appliance-export", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="local Hugging Face model folder, or a hub id where a hub is reachable")
     parser.add_argument("--output", "-o", required=True, help="package folder to write")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32")
@@ -175,36 +202,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("auto", "builder", "optimum"), default="auto")
     parser.add_argument("--target", choices=("cpu", "cuda", "tensorrt"), default="cpu")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    # No defaults here: an option given where the backend would ignore it is refused (export/recipe.py).
     quant = parser.add_argument_group("quantization (int4, and the builder's int8)")
-    quant.add_argument("--quant-method", choices=QUANT_METHODS, default="rtn",
-                       help="rtn (default), k_quant (builder), hqq or gptq (optimum; gptq needs --calibration-file)")
-    quant.add_argument("--calibration-file", help="text file, one sample per line, for calibrated methods")
-    quant.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
-                       help="MatMulNBits block size (128 decodes faster, 32 is more accurate)")
-    quant.add_argument("--accuracy-level", type=int, choices=(1, 2, 3, 4), default=4,
-                       help="MatMulNBits compute precision: 4 = int8 activations (fastest on CPU)")
-    quant.add_argument("--asymmetric", action="store_true", help="asymmetric (uint) quantization")
+    quant.add_argument("--quant-method", choices=QUANT_METHODS,
+                       help="rtn (default); k_quant (builder int4, optimum int4); hqq or gptq (optimum int4; "
+                            "gptq needs --calibration-file)")
+    quant.add_argument("--calibration-file", help="text file, one sample per line, for gptq")
+    quant.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256),
+                       help=f"MatMulNBits block size (default {recipe.DEFAULT_BLOCK_SIZE}; 128 decodes faster, "
+                            "32 is more accurate)")
+    quant.add_argument("--accuracy-level", type=int, choices=(1, 2, 3, 4),
+                       help=f"MatMulNBits compute precision (default {recipe.DEFAULT_ACCURACY_LEVEL}: int8 "
+                            "activations, fastest on CPU)")
+    quant.add_argument("--asymmetric", action="store_true",
+                       help="asymmetric (uint, with zero points) quantization; k_quant and hqq always are")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package at --output")
     parser.add_argument("--force", action="store_true", help="write the package even if validation fails")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     return parser
 
 
+def _fail(prog: str, message: str, code: int, as_json: bool) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code
+
+
+def _unexpected(exc: Exception) -> str:
+    # No traceback reaches the operator: the class and the first line say what broke and where.
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc.__class__.__name__}"
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"unexpected {exc.__class__.__name__}" + (f": {first}" if first else "")
+
+
 def _verify_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="appliance-export verify")
+    prog = "appliance-export verify"
+    parser = _Parser(prog=prog)
     parser.add_argument("package", type=Path)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    as_json = "--json" in argv
     try:
+        args = parser.parse_args(argv)
         result = verify_package(args.package)
+    except BadOptions as exc:
+        return _fail(prog, str(exc), EXIT_REFUSED, as_json)
     except PackageError as exc:
-        print(f"appliance-export verify: {exc}", file=sys.stderr)
-        return 1
+        return _fail(prog, str(exc), EXIT_FAILED, as_json)
+    except Exception as exc:
+        return _fail(prog, _unexpected(exc), EXIT_FAILED, as_json)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif result["problems"]:
+        print(f"{args.package}: FAILED: " + "; ".join(result["problems"]))
+    elif isinstance(result["validation"], dict) and result["validation"]["kind"] == "skipped":
+        print(f"{args.package}: ok (hashes; validation skipped: {result['validation']['reason']})")
     else:
-        print(f"{args.package}: " + ("ok" if not result["problems"] else "FAILED: " + "; ".join(result["problems"])))
-    return 0 if not result["problems"] else 1
+        print(f"{args.package}: ok")
+    return EXIT_FAILED if result["problems"] else 0
+
+
+def _summary_line(summary: dict) -> str:
+    figures = summary["validation"]
+    if figures["kind"] == "skipped":
+        validation = f"validation skipped: {figures['reason']}"
+    else:
+        validation = "validation: " + json.dumps({k: v for k, v in figures.items() if k != "kind"})
+    return (f"wrote {summary['output']} ({summary['task']}, {summary['backend']}, {summary['precision']}, "
+            f"{summary['package_bytes'] / 1e6:.1f} MB); {validation}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,20 +278,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv[:1] == ["verify"]:
         return _verify_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    phases = Phases(quiet=args.json or not sys.stderr.isatty())
+    prog = "appliance-export"
+    as_json = "--json" in argv  # known before parsing, so that a usage error is JSON too
+    phases = Phases(quiet=True)
     try:
-        summary = export_package(args, phases)
+        args = build_parser().parse_args(argv)
+        phases = Phases(quiet=args.json or not sys.stderr.isatty())
+        # stdout carries the result only: some quantizers print progress there (gptq does).
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = export_package(args, phases)
     except ExportError as exc:
         phases.close()
-        print(f"appliance-export: {exc}", file=sys.stderr)
-        return EXIT_HOST_CANNOT if isinstance(exc, HostCannot) else 1
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        figures = {k: v for k, v in summary["validation"].items() if k != "kind"}
-        print(f"wrote {summary['output']} ({summary['task']}, {summary['backend']}, {summary['precision']}, "
-              f"{summary['package_bytes'] / 1e6:.1f} MB); validation: {json.dumps(figures)}")
+        return _fail(prog, str(exc), EXIT_REFUSED if isinstance(exc, (BadOptions, HostCannot)) else EXIT_FAILED,
+                     as_json)
+    except Exception as exc:
+        phases.close()
+        return _fail(prog, _unexpected(exc), EXIT_FAILED, as_json)
+    print(json.dumps(summary, indent=2) if args.json else _summary_line(summary))
     return 0
 
 

@@ -26,8 +26,22 @@ def io_signature(model_path: Path) -> IOSignature:
     )
 
 
+def matmul_nbits_settings(model_path: Path) -> set[tuple[int, int, int, bool]]:
+    """(bits, block_size, accuracy_level, symmetric) of each MatMulNBits node, as a set (empty when
+    the graph has none). accuracy_level 0 means the attribute is absent; symmetric means the node
+    has no zero-points input."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    settings = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        zero_points = len(node.input) > 3 and node.input[3] != ""
+        settings.add((attributes.get("bits", 4), attributes.get("block_size"), attributes.get("accuracy_level", 0),
+                      not zero_points))
+    return settings
+
+
 def matmul_nbits_widths(model_path: Path) -> set[int]:
     """The weight bit-widths of the graph's MatMulNBits nodes (empty when it has none)."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {onnx.helper.get_attribute_value(attribute) for node in model.graph.node if node.op_type == "MatMulNBits"
-            for attribute in node.attribute if attribute.name == "bits"}
+    return {bits for bits, _, _, _ in matmul_nbits_settings(model_path)}

@@ -70,8 +70,6 @@ def export(source: ModelSource, staging: Path, task: str, precision: str, target
     from optimum.exporters.onnx import main_export
     import onnxruntime as ort
 
-    if precision == "fp16" and target == "cpu":
-        raise ExportError("fp16 is for GPU targets; use --target cuda, or fp32/int8/int4 for cpu")
     raw_dir = work_dir / "optimum"
     try:
         main_export(str(source.path), output=raw_dir, task=OPTIMUM_TASKS[task], do_validation=False,

@@ -18,6 +18,14 @@ from typing import Iterator
 from appliance.model_package import MANIFEST_NAME
 from export.source import ExportError
 
+# A package is read by the daemon's own account, often after `sudo cp -r`, which keeps the modes:
+# folders 0755 and files 0644, whatever the exporting user's umask (tempfile.mkdtemp alone makes
+# the staging folder 0700, and a umask of 077 makes every file 0600). Nothing in a package is
+# secret (weights, tokenizer, a manifest of hashes) and its integrity rests on the hashes, not on
+# modes; who may reach it at all is up to the folder it is exported into, whose mode stays as it was.
+PACKAGE_FOLDER_MODE = 0o755
+PACKAGE_FILE_MODE = 0o644
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
@@ -52,8 +60,15 @@ def copy_tokenizer(source_dir: Path, staging: Path) -> None:
         raise ExportError("the source has no fast tokenizer (tokenizer.json); the daemon needs one")
 
 
+def open_to_readers(staging: Path) -> None:
+    for path in [staging, *staging.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(PACKAGE_FOLDER_MODE if path.is_dir() else PACKAGE_FILE_MODE)
+
+
 def publish(staging: Path, output: Path) -> None:
-    """Moves the finished package into place, replacing an older package atomically."""
+    """Moves the finished package into place, readable by the service, replacing an older package atomically."""
+    open_to_readers(staging)
     if output.exists():
         retired = output.with_name(f".{output.name}.old-{os.getpid()}")
         os.rename(output, retired)

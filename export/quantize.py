@@ -21,7 +21,8 @@ class QuantRecipe:
     block_size: int = 32
     accuracy_level: int = 4
     symmetric: bool = True
-    # "rtn" (round to nearest), "hqq" (half-quadratic, no data) or "gptq" (calibrated).
+    # "rtn" (round to nearest), "k_quant", "hqq" (half-quadratic, no data) or "gptq" (calibrated);
+    # export/recipe.py says which backend implements which, and what each does with the rest.
     method: str = "rtn"
     calibration_file: Optional[Path] = None
 
@@ -67,8 +68,10 @@ def quantize(fp32_path: Path, out_path: Path, precision: str, recipe: QuantRecip
 def _int4(fp32_path: Path, out_path: Path, recipe: QuantRecipe, tokenizer_path: Optional[Path]) -> None:
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    algo = None
-    if recipe.method == "hqq":
+    algo = None  # rtn: the quantizer's default (round to nearest, honouring is_symmetric)
+    if recipe.method == "k_quant":
+        algo = nbits.KQuantWeightOnlyQuantConfig()
+    elif recipe.method == "hqq":
         algo = nbits.HQQWeightOnlyQuantConfig(block_size=recipe.block_size, bits=4)
     elif recipe.method == "gptq":
         if recipe.calibration_file is None or tokenizer_path is None:
@@ -80,7 +83,21 @@ def _int4(fp32_path: Path, out_path: Path, recipe: QuantRecipe, tokenizer_path: 
                                            is_symmetric=recipe.symmetric, accuracy_level=recipe.accuracy_level,
                                            algo_config=algo)
     quantizer.process()
+    if recipe.method == "hqq":
+        # HQQ writes its nodes without an accuracy level; it is how the kernel computes, not how
+        # the weights were found, so setting it afterwards gives what the recipe says.
+        _set_accuracy_level(quantizer.model.model.graph, recipe.accuracy_level)
     quantizer.model.save_model_to_file(str(out_path), use_external_data_format=_has_external_data(fp32_path))
+
+
+def _set_accuracy_level(graph, level: int) -> None:
+    import onnx
+
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
 
 
 def _has_external_data(model_path: Path) -> bool:

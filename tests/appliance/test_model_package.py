@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import PackageError
-from appliance.model_package import find_packages, open_package, read_manifest
+from appliance.model_package import find_packages, open_package, read_manifest, validation_status
 
 
 @pytest.fixture
@@ -173,3 +173,15 @@ def test_folders_without_a_manifest_are_logged_by_name(models_dir, tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="appliance.model_package"):
         assert [p.name for p in find_packages(tmp_path)] == ["llama"]
     assert [r.getMessage() for r in caplog.records] == ["folder not-a-package has no manifest.json; not served"]
+
+
+@pytest.mark.parametrize("validation,status", [
+    ({"kind": "decoder", "passed": True}, "passed"),
+    ({"kind": "encoder", "passed": False}, "failed"),
+    ({"kind": "skipped", "reason": "needs a CUDA device", "passed": None}, "skipped"),
+    ({"kind": "skipped", "reason": "needs a CUDA device", "passed": True}, "skipped"),  # what older exporters wrote
+    ({}, "unknown"),
+])
+def test_a_skipped_validation_is_never_taken_for_a_pass(package, validation, status):
+    manifest = open_package(package).model_copy(update={"validation": validation})
+    assert validation_status(manifest) == status
