@@ -181,7 +181,10 @@ def package_file(package_dir: Path, rel: str) -> Path:
     """The path of a manifest-named file, refusing one that is absolute or resolves outside the
     package (through `..` or a symlink anywhere on the way): the hashes vouch only for the folder."""
     root = package_dir.resolve()
-    path = (root / rel).resolve()
+    try:
+        path = (root / rel).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # a symlink loop, a NUL in the name
+        raise PackageError(package_dir.name, f"file {rel!r} is not a usable path ({exc.__class__.__name__})") from None
     if PurePosixPath(rel).is_absolute() or not path.is_relative_to(root):
         raise PackageError(package_dir.name, f"file {rel} escapes the package")
     return path

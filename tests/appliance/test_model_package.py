@@ -129,6 +129,14 @@ def test_a_symlink_within_the_package_is_allowed(package):
     assert "tokenizer-link.json" in open_package(package).files
 
 
+def test_a_symlink_loop_is_refused_naming_the_file(package):
+    (package / "loop-a").symlink_to("loop-b")
+    (package / "loop-b").symlink_to("loop-a")
+    _vouch_for(package, json.loads((package / "manifest.json").read_text()), "loop-a", package / "tokenizer.json")
+    with pytest.raises(PackageError, match="file 'loop-a' is not a usable path"):
+        open_package(package)
+
+
 def test_an_engine_model_outside_the_files_is_refused(package):
     path = package / "manifest.json"
     raw = json.loads(path.read_text())
@@ -185,3 +193,25 @@ def test_folders_without_a_manifest_are_logged_by_name(models_dir, tmp_path, cap
 def test_a_skipped_validation_is_never_taken_for_a_pass(package, validation, status):
     manifest = open_package(package).model_copy(update={"validation": validation})
     assert validation_status(manifest) == status
+
+
+def test_the_daemon_serves_a_package_whose_validation_was_skipped_and_says_so(models_dir, tmp_path, caplog):
+    from appliance.engine.providers import RuntimeOptions
+    from appliance.registry import ModelRegistry, ModelState
+
+    served = tmp_path / "models"
+    shutil.copytree(models_dir / "minilm", served / "minilm")
+    path = served / "minilm" / "manifest.json"  # the manifest lists no hash of itself
+    raw = json.loads(path.read_text())
+    raw["validation"] = {"kind": "skipped", "reason": "fp16 graphs for cuda need a CUDA device to validate",
+                         "passed": None}
+    path.write_text(json.dumps(raw))
+    registry = ModelRegistry(served, RuntimeOptions(intra_op_threads=1))
+    with caplog.at_level(logging.WARNING, logger="appliance.registry"):
+        registry.load_all()
+    try:
+        assert registry.lookup("minilm").state is ModelState.READY
+        assert "model minilm was not validated at export: fp16 graphs for cuda need a CUDA device to validate" in [
+            r.getMessage() for r in caplog.records]
+    finally:
+        registry.close()
