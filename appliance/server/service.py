@@ -176,18 +176,19 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def Classify(self, request, context, call: CallInfo):
         key = self._caller(context, call)
         self.auth.check_model(key, convert.require_model(request.model))
-        texts, labels, top_k = convert.classify_request(request)
         with self.registry.hold(request.model) as model:
             call.model = model.name
-            if model.classifier is not None and not model.classifier.per_token:
+            own_labels = model.classifier is not None and not model.classifier.per_token
+            if not own_labels and model.embedder is None:
+                raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
+                                "text-classification, or feature-extraction with labels")
+            texts, labels, top_k = convert.classify_request(request)  # the model's task answers first
+            if own_labels:
                 if labels:
                     raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
                 work = functools.partial(model.classifier.classify, texts)
-            elif model.embedder is not None:
-                work = functools.partial(zero_shot, model.embedder, texts, labels)
             else:
-                raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
-                                "text-classification, or feature-extraction with labels")
+                work = functools.partial(zero_shot, model.embedder, texts, labels)
             lease = self.auth.admit(key)
             try:
                 ranked, call.prompt_tokens = await _encode(work, context)
