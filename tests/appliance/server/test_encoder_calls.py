@@ -98,3 +98,10 @@ def test_an_embed_whose_client_goes_away_stops_between_sub_batches(running, runs
     assert stops_early(runs, 19), len(runs)
     with ApplianceClient(running.target, timeout_s=60) as client:  # and the model still serves
         assert client.embed("minilm", ["still here"]).shape == (1, 384)
+
+
+def test_the_config_names_a_bad_encoder_budget(tmp_path):
+    from appliance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="engine.encoder_batch_tokens"):
+        load_config(None, {"server": {"models": tmp_path}, "engine": {"encoder_batch_tokens": 4}})
