@@ -22,9 +22,10 @@ Release = Callable[[int], None]  # (row) the row no request holds any more
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch: int = 8
-    # Tokens one step may compute (decode rows count one each); bounds a step's latency.
+    # Tokens one step may compute (decode rows count one each); bounds a step's latency. A step's
+    # first prompt chunk runs even where the decode rows leave less room than it needs.
     max_step_tokens: int = 256
-    # Longest prompt piece prefilled in one step, so running streams keep their pace.
+    # Prompts are cut at multiples of this (whatever else runs), so running streams keep their pace.
     prefill_chunk: int = 128
     max_queue: int = 64
 

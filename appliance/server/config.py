@@ -53,7 +53,8 @@ class EngineConfig(_Section):
     max_batch: int = Field(8, ge=1, le=256)
     # Tokens one engine step may compute; bounds the pause a long prompt causes to running streams.
     max_step_tokens: int = Field(256, ge=16)
-    # Longest prompt piece prefilled in one step.
+    # Longest prompt piece prefilled in one step; prompts are cut at its multiples whatever else
+    # runs (a cut's place changes the rounding, so a request's tokens would depend on its batch).
     prefill_chunk: int = Field(128, ge=1)
     # Cap on each sequence's context (prompt + generated), 0 for the model's own; the KV buffer
     # holds max_batch x max_context positions per layer, so this bounds memory.

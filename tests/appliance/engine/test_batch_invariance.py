@@ -7,8 +7,6 @@ what is a property of the host, so these tests ask the probe rather than assume 
 except where they show that the probe and the padding decide the outcome.
 """
 
-import asyncio
-
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -20,6 +18,7 @@ from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.model_package import open_package
+from tests.appliance.engine.streams import collect_many
 from tests.conftest import export_or_fail
 
 PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
@@ -36,15 +35,6 @@ def open_runner(path, max_batch=8):
     return open_decoder_runner(path, open_package(path), RuntimeOptions(intra_op_threads=1), max_batch=max_batch)
 
 
-def run_jobs(engine, jobs):
-    async def run_all():
-        async def one(ids, params):
-            return [e async for e in engine.generate(ids, params)]
-        return await asyncio.gather(*(one(ids, params) for ids, params in jobs))
-
-    return asyncio.run(run_all())
-
-
 def outputs(events):
     return [t for e in events for t in e.token_ids], [lp[0] for e in events for lp in e.logprobs]
 
@@ -58,8 +48,8 @@ def alone_and_batched(path, runner, temperature, **scheduling):
         jobs = [(tokenizer.encode(p).ids, SamplingParams(max_tokens=12 + 5 * i, temperature=temperature,
                                                          seed=100 + i, ignore_eos=True, logprobs=0))
                 for i, p in enumerate(PROMPTS)]
-        alone = [outputs(run_jobs(engine, [job])[0]) for job in jobs]
-        together = [outputs(events) for events in run_jobs(engine, jobs)]
+        alone = [outputs(collect_many(engine, [job])[0]) for job in jobs]
+        together = [outputs(events) for events in collect_many(engine, jobs)]
     finally:
         engine.close()
     return alone, together

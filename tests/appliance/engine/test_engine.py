@@ -17,25 +17,12 @@ from appliance.engine.scheduler import SchedulerConfig
 from appliance.errors import InvalidRequest, QueueFull
 from appliance.model_package import open_package
 from tests.appliance.engine.fakes import FakeRunner, FakeTokenizer, expected_tokens
+from tests.appliance.engine.streams import collect_many, tokens_of
 from tests.conftest import wait_for
 
 PROMPT = "Where is my order? 我的订单"
 PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
            "A", "Can I change the delivery address after checkout?", "你好", "Password reset", "Invoice with VAT"]
-
-
-def collect_many(engine, jobs):
-    """Runs (prompt_ids, params) jobs concurrently; returns each job's events."""
-    async def run_all():
-        async def one(ids, params):
-            return [e async for e in engine.generate(ids, params)]
-        return await asyncio.gather(*(one(ids, params) for ids, params in jobs))
-
-    return asyncio.run(run_all())
-
-
-def tokens_of(events):
-    return [t for e in events for t in e.token_ids]
 
 
 def package_engine(models_dir, name, max_batch=8, **config):
