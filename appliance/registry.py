@@ -294,7 +294,7 @@ class ModelRegistry:
 
     def _probe_invariance(self, name: str, runner) -> InvarianceReport:
         report = probe_batch_invariance(runner, self.batch_invariance)
-        log.info("%s: batch invariance %s: %s", name, "holds" if report.holds else "does not hold", report.note)
+        log.info("%s: batch invariance %s", name, report.note)
         return report
 
     @staticmethod

@@ -106,14 +106,17 @@ def probe(runner, policy: Policy = "auto", seed: int = 0) -> InvarianceReport:
     prompts = [[int(t) for t in rng.integers(0, runner.vocab_size, n)] for n in lengths]
     tokens = rng.integers(0, runner.vocab_size, (rows, STEPS)).astype(np.int64)
     sizes = _batch_sizes(runner.max_batch)
-    report = lambda holds, q, cost, note: InvarianceReport(holds, q, cost, sizes, lengths, note)
+
+    def report(holds: bool, quantum: int, cost: float, note: str) -> InvarianceReport:
+        return InvarianceReport(holds, quantum, cost, sizes, lengths, note)
+
     if not sizes:
-        return report(True, 1, 0.0, "max_batch 1: every request runs alone")
+        return report(True, 1, 0.0, "holds: max_batch 1, every request runs alone")
     runner.set_row_quantum(1)
     if _holds(runner, prompts, tokens, sizes):
         return report(True, 1, 0.0, "holds without padding")
     if policy == "off":
-        return report(False, 1, 0.0, "does not hold; padding is off by config")
+        return report(False, 1, 0.0, "does not hold: padding is off by config")
     for quantum in runner.row_quanta[1:]:
         runner.set_row_quantum(quantum)
         if not _holds(runner, prompts, tokens, sizes):
@@ -121,12 +124,13 @@ def probe(runner, policy: Policy = "auto", seed: int = 0) -> InvarianceReport:
         cost = _step_cost(runner, quantum, prompts[0])
         if policy == "auto" and cost > AUTO_MAX_COST:
             runner.set_row_quantum(1)
-            return report(False, 1, cost, f"rows padded to {quantum} would make it hold at +{cost:.0%} step time "
-                                          f"at one row, over the {AUTO_MAX_COST:.0%} that auto allows")
+            return report(False, 1, cost, f"does not hold: padding decode steps to {quantum} rows would make it hold "
+                                          f"at +{cost:.0%} step time at one row, over the {AUTO_MAX_COST:.0%} "
+                                          f"that auto allows")
         runner.row_quantum = quantum
         return report(True, quantum, cost, f"holds with decode steps padded to a multiple of {quantum} rows")
     runner.set_row_quantum(1)
-    return report(False, 1, 0.0, f"does not hold with rows padded to any of {runner.row_quanta}")
+    return report(False, 1, 0.0, f"does not hold, even with decode steps padded to any of {runner.row_quanta} rows")
 
 
 _ISA_FLAGS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "neon", "asimddp")

@@ -66,7 +66,12 @@ class SharedKVRunner:
         if quantum not in self.row_quanta:
             raise ValueError(f"row quantum {quantum} is not one of {self.row_quanta}")
         self.row_quantum = quantum
-        self._allocate(_round_up(self.max_batch, quantum))
+        rows = _round_up(self.max_batch, quantum)
+        if rows > len(self._ids):  # the buffers only grow: a KV cache may be gigabytes
+            self._kv = []  # freed before the larger ones are allocated
+            self._allocate(rows)
+        self._mask[:] = 0
+        self._cached[:] = 0
 
     def _bind_kv(self, binding: ort.IOBinding, rows: slice) -> None:
         layout = self.layout
