@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from appliance.engine.engine import Runner
 
 Policy = Literal["auto", "always", "off"]
 # The largest step-time increase at one row that "auto" pays for invariance.
@@ -49,7 +52,7 @@ def _batch_sizes(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({m for m in (2, 3, 4, 5, max_batch) if 2 <= m <= max_batch}))
 
 
-def _decode(runner, prompts: list[list[int]], tokens: np.ndarray) -> list[np.ndarray]:
+def _decode(runner: Runner, prompts: list[list[int]], tokens: np.ndarray) -> list[np.ndarray]:
     """Prefills prompts[i] into row i, then decodes STEPS fixed tokens; logits [STEPS + 1, vocab] per row."""
     logits = [[runner.prefill(row, p, 0).copy()] for row, p in enumerate(prompts)]
     lengths = np.asarray([len(p) for p in prompts], np.int64)
@@ -63,7 +66,7 @@ def _decode(runner, prompts: list[list[int]], tokens: np.ndarray) -> list[np.nda
     return [np.stack(rows) for rows in logits]
 
 
-def _holds(runner, prompts: list[list[int]], tokens: np.ndarray, sizes: tuple[int, ...]) -> bool:
+def _holds(runner: Runner, prompts: list[list[int]], tokens: np.ndarray, sizes: tuple[int, ...]) -> bool:
     alone = [_decode(runner, [p], tokens[i : i + 1])[0] for i, p in enumerate(prompts)]
     for size in sizes:
         # Rotating the prompts puts each sequence at another row for each batch size.
@@ -74,7 +77,7 @@ def _holds(runner, prompts: list[list[int]], tokens: np.ndarray, sizes: tuple[in
     return True
 
 
-def _step_cost(runner, quantum: int, prompt: list[int]) -> float:
+def _step_cost(runner: Runner, quantum: int, prompt: list[int]) -> float:
     """Median ratio of one-row decode step time with rows padded to `quantum` over without,
     the two timed in turns so that the machine's noise falls on both."""
     ratios = []
@@ -92,7 +95,7 @@ def _step_cost(runner, quantum: int, prompt: list[int]) -> float:
     return float(np.median(ratios[1:])) - 1.0
 
 
-def probe(runner, policy: Policy = "auto", seed: int = 0) -> InvarianceReport:
+def probe(runner: Runner, policy: Policy = "auto", seed: int = 0) -> InvarianceReport:
     """Measures and applies the smallest row quantum that makes decoding batch-invariant.
 
     "auto" applies it only when padding costs at most AUTO_MAX_COST at one row; "always" applies

@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 class Runner(Protocol):
     context_length: int
     max_batch: int
+    vocab_size: int
+    provider: str  # the execution provider the session runs on
+    # Decode steps run a multiple of row_quantum rows, one of row_quanta (see batch_invariance.py).
+    row_quanta: tuple[int, ...]
+    row_quantum: int
+
+    def set_row_quantum(self, quantum: int) -> None: ...
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> np.ndarray: ...
 
