@@ -123,28 +123,33 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 prompt = redaction.prompt(request.prompt)
             return engine.tokenize(prompt)
 
-        engine.check_room()  # a full engine refuses at once, before the prompt is scanned and tokenized
-        prompt_ids = await asyncio.to_thread(prepare)
-        call.prompt_tokens = len(prompt_ids)
+        # The key's limits and a full engine refuse at once, before the prompt is scanned and
+        # tokenized, as in Embed and Classify. The token quota needs no count yet: admit asks only
+        # whether credit is left, and the tokens used are charged when the lease is released.
         lease = self.auth.admit(key)
-        self.active_streams += 1
         try:
-            async for event in engine.generate(prompt_ids, params, _deadline_ns(context)):
-                call.completion_tokens += len(event.token_ids)
-                # ... and on the way out: every streamed delta passes the output stage.
-                text = redaction.output(event.text)
-                if event.finish_reason is None:
-                    yield convert.generate_response(event, text, redaction.hides_tokens)
-                    continue
-                call.completion_tokens = event.completion_tokens
-                text += redaction.finish()
-                redacted = self.redaction.audit(call.request_id, redaction)
-                self._observe_generation(model.name, event, redacted)
-                yield convert.generate_response(event, text, redaction.hides_tokens, redacted, model.version)
+            engine.check_room()
+            prompt_ids = await asyncio.to_thread(prepare)
+            call.prompt_tokens = len(prompt_ids)
+            self.active_streams += 1
+            try:
+                async for event in engine.generate(prompt_ids, params, _deadline_ns(context)):
+                    call.completion_tokens += len(event.token_ids)
+                    # ... and on the way out: every streamed delta passes the output stage.
+                    text = redaction.output(event.text)
+                    if event.finish_reason is None:
+                        yield convert.generate_response(event, text, redaction.hides_tokens)
+                        continue
+                    call.completion_tokens = event.completion_tokens
+                    text += redaction.finish()
+                    redacted = self.redaction.audit(call.request_id, redaction)
+                    self._observe_generation(model.name, event, redacted)
+                    yield convert.generate_response(event, text, redaction.hides_tokens, redacted, model.version)
+            finally:
+                self.active_streams -= 1
+                self.metrics.observe_engine(model.name, engine.stats())
         finally:
-            self.active_streams -= 1
             lease.release(call.prompt_tokens + call.completion_tokens)
-            self.metrics.observe_engine(model.name, engine.stats())
 
     def _observe_generation(self, model: str, event, redacted: dict[tuple[str, str], int]) -> None:
         timings, metrics = event.timings, self.metrics

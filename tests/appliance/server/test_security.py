@@ -33,6 +33,7 @@ def secured(served, tmp_path_factory):
         "full": store.add("full", KeyRights())[1],
         "llama-only": store.add("llama-only", KeyRights(models=("llama",)))[1],
         "slow": store.add("slow", KeyRights(requests_per_minute=2))[1],
+        "once": store.add("once", KeyRights(requests_per_minute=1))[1],
         "single": store.add("single", KeyRights(max_concurrency=1))[1],
         "no-off": store.add("no-off", KeyRights(input_policies=("redact",)))[1],
     }
@@ -89,6 +90,29 @@ def test_request_rate_limit_is_resource_exhausted(secured):
         slow.embed("minilm", ["one"])
         slow.embed("minilm", ["two"])
         assert code_of(lambda: slow.embed("minilm", ["three"])) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_spent_rate_refuses_generate_before_its_prompt_is_redacted_or_tokenized(secured, monkeypatch):
+    running = secured[0]
+    redactor = running.daemon.service.redaction.redactor
+    engine = running.daemon.registry.get("llama").engine
+    calls = {"redact": 0, "tokenize": 0}
+
+    def counted(name, work):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return work(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(redactor, "redact", counted("redact", redactor.redact))
+    monkeypatch.setattr(engine, "tokenize", counted("tokenize", engine.tokenize))
+    with client(secured, "once") as once:
+        assert list(once.generate("llama", "hi", max_tokens=2, redaction=("redact", "")))
+        assert calls["redact"] >= 1 and calls["tokenize"] >= 1  # the instruments see the admitted call
+        before = dict(calls)
+        assert code_of(lambda: list(once.generate("llama", "hi", max_tokens=2, redaction=("redact", "")))) == \
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert calls == before
 
 
 def test_concurrency_limit_is_resource_exhausted_and_freed_after(secured):
