@@ -164,9 +164,9 @@ def _redact(args) -> int:
                 return result.text, [(t, start, end) for t, start, end, _ in result.entities]
 
             return _redact_with(remote, None, args)
-    from appliance.redact import RedactionConfig, Redactor
+    from appliance.redact import Redactor, RedactorSettings
 
-    redactor = Redactor(RedactionConfig(operator=args.operator))
+    redactor = Redactor(RedactorSettings(operator=args.operator))
 
     def local(text: str):
         result = redactor.redact(text)

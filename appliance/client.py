@@ -11,16 +11,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from appliance import finish_reasons
 from appliance.v1 import admin_pb2, admin_pb2_grpc
 from appliance.v1 import inference_pb2 as pb
 from appliance.v1 import inference_pb2_grpc
 
-FINISH_REASONS = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_CANCELLED: "cancelled",
-    pb.FINISH_REASON_DEADLINE: "deadline",
-}
+# Wire enum -> reason name (appliance.finish_reasons, which imports nothing of the engine).
+FINISH_REASONS = {pb.FinishReason.Value(name): reason for reason, name in finish_reasons.WIRE_NAMES.items()}
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,6 @@ class GenerationEngine:
         s = self.scheduler
         for request in s.requests():
             s.finish(request, RequestStatus.FINISHED_ERROR)
-            self._emit(request, TokenEvent((), "", finish_reason="error", error=exc))
+            self._emit(request, TokenEvent((), "", finish_reason=FINISH_REASONS[RequestStatus.FINISHED_ERROR], error=exc))
             with self._lock:
                 self._admitted -= 1

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from appliance import finish_reasons
 from appliance.engine.sampling import SamplingParams
 
 
@@ -27,13 +28,13 @@ class RequestStatus(enum.IntEnum):
         return self >= RequestStatus.FINISHED_STOPPED
 
 
-# The one map from finished states to the wire's finish reasons.
+# The one map from finished states to their finish reasons (named in appliance.finish_reasons).
 FINISH_REASONS = {
-    RequestStatus.FINISHED_STOPPED: "stop",
-    RequestStatus.FINISHED_LENGTH: "length",
-    RequestStatus.FINISHED_CANCELLED: "cancelled",
-    RequestStatus.FINISHED_DEADLINE: "deadline",
-    RequestStatus.FINISHED_ERROR: "error",
+    RequestStatus.FINISHED_STOPPED: finish_reasons.STOP,
+    RequestStatus.FINISHED_LENGTH: finish_reasons.LENGTH,
+    RequestStatus.FINISHED_CANCELLED: finish_reasons.CANCELLED,
+    RequestStatus.FINISHED_DEADLINE: finish_reasons.DEADLINE,
+    RequestStatus.FINISHED_ERROR: finish_reasons.ERROR,
 }
 
 

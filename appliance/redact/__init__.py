@@ -26,7 +26,7 @@ from appliance.redact.detector import Anchor, PatternDetector
 from appliance.redact.detectors import PATTERN_TYPES, default_detectors
 from appliance.redact.ner import NerDetector, NerUnavailable, PresidioNerDetector
 from appliance.redact.operators import MaskOperator, Operator, PseudonymOperator, ReplaceOperator
-from appliance.redact.redactor import RedactionConfig, RedactionResult, Redactor
+from appliance.redact.redactor import RedactionResult, Redactor, RedactorSettings
 from appliance.redact.spans import Entity, resolve_overlaps
 from appliance.redact.stream import RedactionStream
 from appliance.redact.vault import PseudonymVault, RestoreStream
@@ -34,6 +34,6 @@ from appliance.redact.vault import PseudonymVault, RestoreStream
 __all__ = [
     "Anchor", "AuditCollector", "AuditRecord", "Entity", "MaskOperator", "NerDetector", "NerUnavailable",
     "Operator", "PATTERN_TYPES", "PatternDetector", "PresidioNerDetector", "PseudonymOperator",
-    "PseudonymVault", "RedactionConfig", "RedactionResult", "RedactionStream", "Redactor", "ReplaceOperator",
+    "PseudonymVault", "RedactionResult", "RedactionStream", "Redactor", "RedactorSettings", "ReplaceOperator",
     "RestoreStream", "audit_record", "default_detectors", "keyed_hash", "resolve_overlaps",
 ]

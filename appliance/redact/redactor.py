@@ -27,7 +27,10 @@ from appliance.redact.vault import PseudonymVault
 
 
 @dataclass(frozen=True)
-class RedactionConfig:
+class RedactorSettings:
+    """What one Redactor detects and how it rewrites it (the daemon's redaction section, its
+    policies and audit key, is appliance.server.config.RedactionConfig)."""
+
     operator: str = "replace"  # replace | mask | pseudonymize (see operators.py)
     entity_types: tuple[str, ...] | None = None  # pattern types to detect; None: all
     phone_regions: tuple[str, ...] = ("CN", "US", "GB")  # where numbers without +/00 may come from
@@ -56,9 +59,9 @@ class RedactionResult:
 
 
 class Redactor:
-    def __init__(self, config: RedactionConfig | None = None, *,
+    def __init__(self, config: RedactorSettings | None = None, *,
                  detectors: Sequence[PatternDetector] | None = None, ner: NerDetector | None = None):
-        self.config = config or RedactionConfig()
+        self.config = config or RedactorSettings()
         if detectors is None:
             detectors = default_detectors(self.config.entity_types, self.config.phone_regions)
         self.detectors: tuple[PatternDetector, ...] = tuple(detectors)

@@ -9,26 +9,14 @@ request only. Counts and keyed hashes are kept for the audit record; raw values 
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from typing import Optional
 
 from appliance.redact.audit import AuditCollector, AuditRecord
+from appliance.redact.policies import InputPolicy, OutputPolicy
 from appliance.redact.redactor import Redactor
 from appliance.redact.stream import RedactionStream
 from appliance.redact.vault import PseudonymVault, RestoreStream
-
-
-class InputPolicy(enum.Enum):
-    OFF = "off"
-    REDACT = "redact"
-    PSEUDONYMIZE = "pseudonymize"
-
-
-class OutputPolicy(enum.Enum):
-    OFF = "off"
-    REDACT = "redact"
-    RESTORE = "restore"
 
 
 class RequestRedaction:

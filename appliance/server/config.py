@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+from appliance.redact.policies import INPUT_POLICIES, OUTPUT_POLICIES
 
 
 class _Section(BaseModel):
@@ -68,8 +69,9 @@ class EngineConfig(_Section):
     batch_invariance: Literal["auto", "always", "off"] = "auto"
 
 
-InputPolicyName = Literal["off", "redact", "pseudonymize"]
-OutputPolicyName = Literal["off", "redact", "restore"]
+# Literal[tuple] is Literal[each name]: the names are appliance.redact.policies'.
+InputPolicyName = Literal[INPUT_POLICIES]
+OutputPolicyName = Literal[OUTPUT_POLICIES]
 
 
 class RedactionConfig(_Section):
@@ -77,8 +79,8 @@ class RedactionConfig(_Section):
     input: InputPolicyName = "off"
     output: OutputPolicyName = "off"
     # Policies a request may choose; anything else is refused with PERMISSION_DENIED.
-    allowed_input: tuple[InputPolicyName, ...] = ("off", "redact", "pseudonymize")
-    allowed_output: tuple[OutputPolicyName, ...] = ("off", "redact", "restore")
+    allowed_input: tuple[InputPolicyName, ...] = INPUT_POLICIES
+    allowed_output: tuple[OutputPolicyName, ...] = OUTPUT_POLICIES
     # File holding the secret for the audit records' keyed hashes (HMAC-SHA256). Unset: a random
     # secret per start, so hashes only compare within one run of the daemon.
     audit_key_file: Path | None = None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from appliance import finish_reasons
 from appliance.engine.chat import ChatMessage
 from appliance.engine.request import TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import InvalidRequest
+from appliance.redact.policies import INPUT_POLICIES, OUTPUT_POLICIES
 from appliance.registry import ModelState, ReloadResult, ServedModel
 from appliance.v1 import admin_pb2
 from appliance.v1 import inference_pb2 as pb
@@ -17,12 +19,7 @@ MAX_PROMPT_CHARS = 1_000_000
 # are checked by the encoder, this bounds the tokenizing done before those checks can refuse.
 MAX_TEXTS_CHARS = 1_000_000
 
-_FINISH_REASONS = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "cancelled": pb.FINISH_REASON_CANCELLED,
-    "deadline": pb.FINISH_REASON_DEADLINE,
-}
+_FINISH_REASONS = {reason: pb.FinishReason.Value(name) for reason, name in finish_reasons.WIRE_NAMES.items()}
 _MODEL_STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
     ModelState.READY: pb.MODEL_STATE_READY,
@@ -71,10 +68,9 @@ def generate_params(request: pb.GenerateRequest, default_max_tokens: int) -> Sam
     )
 
 
-_INPUT_POLICIES = {pb.INPUT_POLICY_OFF: "off", pb.INPUT_POLICY_REDACT: "redact",
-                   pb.INPUT_POLICY_PSEUDONYMIZE: "pseudonymize"}
-_OUTPUT_POLICIES = {pb.OUTPUT_POLICY_OFF: "off", pb.OUTPUT_POLICY_REDACT: "redact",
-                    pb.OUTPUT_POLICY_RESTORE: "restore"}
+# Wire enum -> policy name; appliance.v1 spells each name as INPUT_POLICY_<NAME> / OUTPUT_POLICY_<NAME>.
+_INPUT_POLICIES = {pb.InputPolicy.Value(f"INPUT_POLICY_{name.upper()}"): name for name in INPUT_POLICIES}
+_OUTPUT_POLICIES = {pb.OutputPolicy.Value(f"OUTPUT_POLICY_{name.upper()}"): name for name in OUTPUT_POLICIES}
 _OPERATORS = {pb.REDACT_OPERATOR_UNSPECIFIED: "replace", pb.REDACT_OPERATOR_MASK: "mask",
               pb.REDACT_OPERATOR_PSEUDONYMIZE: "pseudonymize"}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from appliance.errors import InvalidRequest
+from appliance.redact.policies import INPUT_POLICIES, OUTPUT_POLICIES
 from appliance.server.sqlite_files import database_uri, open_database
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ CACHE_S = 5.0
 # Bounds the verification cache: a stream of made-up tokens must not grow memory without end.
 CACHE_ENTRIES = 4096
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
-INPUT_POLICIES = ("off", "redact", "pseudonymize")
-OUTPUT_POLICIES = ("off", "redact", "restore")
 # Limits are per minute (or requests at once); past this a limit means nothing, so it is a typo.
 MAX_LIMIT = 2**31 - 1
 MAX_NAME_CHARS = 100

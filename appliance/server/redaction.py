@@ -10,7 +10,8 @@ from typing import Optional
 
 from appliance.errors import ConfigError, NotAllowed
 from appliance.redact import Redactor
-from appliance.redact.request import InputPolicy, OutputPolicy, RequestRedaction, counts_of
+from appliance.redact.policies import InputPolicy, OutputPolicy
+from appliance.redact.request import RequestRedaction, counts_of
 from appliance.server.config import RedactionConfig
 from appliance.server.keys import KeyRights
 

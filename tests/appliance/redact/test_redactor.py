@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.redact import Entity, PseudonymVault, RedactionConfig, Redactor, ReplaceOperator
+from appliance.redact import Entity, PseudonymVault, Redactor, RedactorSettings, ReplaceOperator
 
 TEXT = "😀 Mail lucy.wang@example.com, 电话：１３８００１３８０００, card 4111 1111 1111 1111."
 
@@ -64,7 +64,7 @@ def test_an_operator_object_may_be_passed(redactor):
 
 
 def test_config_chooses_types_and_operator():
-    only_email = Redactor(RedactionConfig(entity_types=("EMAIL_ADDRESS",), operator="mask"))
+    only_email = Redactor(RedactorSettings(entity_types=("EMAIL_ADDRESS",), operator="mask"))
     assert only_email.redact("a@example.com 13800138000").text == "*@*******.*** 13800138000"
 
 
@@ -72,7 +72,7 @@ def test_config_chooses_types_and_operator():
                                           ("mask_char", "**"), ("mask_keep_last", -1)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        RedactionConfig(**{field: value})
+        RedactorSettings(**{field: value})
 
 
 def test_max_holdback_is_the_longest_detector_reach(redactor):

@@ -113,9 +113,9 @@ def test_feeding_after_close_is_an_error(redactor):
 
 
 def test_min_score_applies_to_streams_as_to_whole_texts():
-    from appliance.redact import RedactionConfig
+    from appliance.redact import RedactorSettings
 
-    strict = Redactor(RedactionConfig(min_score=0.8))
+    strict = Redactor(RedactorSettings(min_score=0.8))
     text = "call 138 0013 8000 or mail a.b@example.com"
     stream = strict.stream()
     assert run(stream, [text[:9], text[9:]]) == strict.redact(text).text == "call 138 0013 8000 or mail [EMAIL_ADDRESS]"
