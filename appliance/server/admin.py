@@ -22,7 +22,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                  finished: Callable[[CallInfo, grpc.StatusCode], None]):
         self.auth = auth
         self.reload = reload
-        self.finished = finished  # the Inference service's metering, so admin calls are logged alike
+        self._meter = finished  # the Inference service's metering, so admin calls are logged alike
+
+    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
+        """Metered, for unary_errors: hands the call's end to the Inference service's metering."""
+        self._meter(call, status)
 
     @unary_errors
     async def ReloadModels(self, request, context: grpc.aio.ServicerContext, call: CallInfo):

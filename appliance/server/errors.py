@@ -3,7 +3,8 @@
 Handlers raise typed ApplianceErrors; these wrappers abort the call with the mapped status and
 the error's message (which names fields, never prompt text). Anything else is logged by class
 and answered INTERNAL with no detail on the wire. Each call carries a CallInfo that the handler
-fills (key, model, tokens); the servicer's `finished(call, status)` meters it, whatever the end.
+fills (key, model, tokens); the servicer's `finished(call, status)` (the Metered protocol) meters
+it, whatever the end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -31,6 +33,13 @@ class CallInfo:
     completion_tokens: int = 0
 
 
+class Metered(Protocol):
+    """What a servicer wrapped by unary_errors or stream_errors provides: the one call that meters
+    a call's end (access log, metrics, usage)."""
+
+    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None: ...
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ApplianceError):
         return getattr(grpc.StatusCode, exc.status_name), str(exc)
@@ -47,7 +56,7 @@ def _describe(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
 
 def unary_errors(handler):
     @functools.wraps(handler)
-    async def wrapper(self, request, context):
+    async def wrapper(self: Metered, request, context):
         call = CallInfo(handler.__name__)
         try:
             response = await handler(self, request, context, call)
@@ -66,7 +75,7 @@ def unary_errors(handler):
 
 def stream_errors(handler):
     @functools.wraps(handler)
-    async def wrapper(self, request, context):
+    async def wrapper(self: Metered, request, context):
         call = CallInfo(handler.__name__)
         try:
             async for message in handler(self, request, context, call):
