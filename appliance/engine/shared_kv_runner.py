@@ -120,6 +120,9 @@ class SharedKVRunner:
         self._ids[:n, 0] = token_ids
         self._mask[np.arange(n), lengths] = 1
         self._cached[:n] = lengths + 1
+        if padded == n:  # the usual step: no spare rows to set up and clear
+            self.session.run_with_iobinding(self._decode_binding(n))
+            return self._logits[:n, 0]
         # A spare row writes one throw-away position just past what it holds: an empty row's
         # position 0, or a prefilling row's next position, which its next chunk overwrites.
         spare = np.arange(n, padded)
