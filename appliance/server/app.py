@@ -279,6 +279,7 @@ class Daemon:
             starting.cancel()
         await self.drain()
         self._cancel_background()
+        _ignore_further_stop_signals(loop)
 
     def _stop_if_failed(self, starting: asyncio.Task) -> None:
         # A start that fails (a port in use, a loader that raises) ends run()'s wait as a signal
@@ -293,6 +294,15 @@ class Daemon:
     def _cancel_background(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    # Once drained, the loop's handlers go when it closes and the signals fall back to their
+    # defaults for the interpreter's teardown: a second SIGTERM there (an impatient operator, a
+    # supervisor that repeats itself) would kill the process and turn a clean exit 0 into -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 async def _run(config: Config, notify_socket: str | None, watchdog_s: float | None) -> None:

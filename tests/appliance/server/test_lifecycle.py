@@ -2,6 +2,7 @@
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -188,3 +189,13 @@ def test_daemon_logs_are_json_lines_with_request_ids_and_no_prompt_text(models_d
     assert all(len(line["request_id"]) == 32 for line in access)
     text = daemon.log()
     assert "4111" not in text and "bob@example.org" not in text and "my card" not in text
+
+
+def test_a_repeated_sigterm_does_not_turn_a_clean_drain_into_a_kill(models_dir):
+    # An impatient operator or a supervisor may signal again while the daemon is already stopping;
+    # the exit status must stay the drain's, not the default handler's -15.
+    daemon = DaemonProcess(models_dir).wait_serving()
+    while daemon.proc.poll() is None:
+        daemon.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert daemon.stop() == 0
