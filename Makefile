@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test reliability install proto clean install-service uninstall-service
+.PHONY: demo test reliability install proto clean install-service uninstall-service wheelhouse \
+	gpu-check-packages gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +41,26 @@ uninstall-service:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Air-gapped hosts: every wheel the daemon needs in one folder, installed there with
+# `pip install --no-index --find-links DIR 'appliance[EXTRA]'`. EXTRA=cpu|cuda|gpu;
+# PYTHON_VERSION=3.12 for another host's Python; WITH_TESTS=1 adds pytest (for gpu-check);
+# SPLIT_MB=48 cuts larger wheels into parts for size-limited transports. See offline/wheelhouse.py.
+EXTRA ?= cpu
+wheelhouse: $(STAMP)
+	@test -n "$(WHEELHOUSE)" || { echo "make wheelhouse: set WHEELHOUSE=DIR" >&2; exit 2; }
+	$(BIN)/python offline/wheelhouse.py $(WHEELHOUSE) --extra $(EXTRA) \
+		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(WITH_TESTS),--with-tests) \
+		$(if $(SPLIT_MB),--split-mb $(SPLIT_MB))
+
+# The small CUDA packages gpu-check uses, exported on a CPU host (a few MB; PACKAGES=DIR).
+gpu-check-packages: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python offline/gpu_check.py --make-packages $(or $(PACKAGES),build/gpu-check-packages)
+
+# The GPU host's check (needs only python3 there, plus WHEELHOUSE=DIR where its Python lacks
+# onnxruntime-gpu, and PACKAGES=DIR from gpu-check-packages); prints one table; skips with its reason
+# on a host without a GPU. See offline/gpu_check.py.
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) offline/gpu_check.py $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) \
+		$(if $(PACKAGES),--packages $(PACKAGES))

@@ -5,6 +5,7 @@ Fixtures write only under pytest's temporary folders and never change global sta
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -46,6 +47,9 @@ def export_or_fail(source: Path, output: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory) -> dict[str, Path]:
+    missing = [name for name in ("torch", "optimum", "onnxruntime_genai") if importlib.util.find_spec(name) is None]
+    if missing:  # a GPU host brought up from a wheelhouse has the daemon only
+        pytest.skip(f"the export stack is not installed here (no {', '.join(missing)})")
     from export.tiny_models import make_bert, make_decoder, make_gpt2, minilm_dir
 
     root = tmp_path_factory.mktemp("sources")
@@ -63,9 +67,16 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory, sources) -> Path:
+def models_dir(tmp_path_factory, request) -> Path:
     """A served models folder: tiny llama and qwen2 (builder, fp32), gpt2 (optimum, fp32),
-    a text classifier, and the real MiniLM (int8)."""
+    a text classifier, and the real MiniLM (int8).
+
+    APPLIANCE_TEST_MODELS=DIR uses a folder exported beforehand instead: `make gpu-check` brings
+    one (offline/gpu_check.py --make-packages) to GPU hosts that lack the export stack.
+    """
+    if given := os.environ.get("APPLIANCE_TEST_MODELS"):
+        return Path(given)
+    sources = request.getfixturevalue("sources")
     root = tmp_path_factory.mktemp("models")
     export_or_fail(sources["llama"], root / "llama")
     export_or_fail(sources["qwen2"], root / "qwen2")
@@ -84,15 +95,16 @@ def free_port() -> int:
 class DaemonProcess:
     """`appliance serve` in a subprocess on a loopback port."""
 
-    def __init__(self, models: Path, *extra: str, env: dict | None = None):
+    def __init__(self, models: Path, *extra: str, env: dict | None = None, python: str = sys.executable,
+                 cwd: Path | None = None):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = models.parent / f"daemon-{self.port}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "serve", "--models", str(models), "--listen", self.target,
+            [python, "-m", "appliance.cli", "serve", "--models", str(models), "--listen", self.target,
              "--threads", "1", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
         )
 
     def wait_serving(self, timeout_s: float = 60) -> "DaemonProcess":

@@ -1,0 +1,97 @@
+"""The air-gapped path: the wheelhouse (split, joined, checked, installed with --no-index) and the
+GPU check's behaviour on a host without a GPU."""
+
+import subprocess
+import sys
+
+import pytest
+
+from offline import wheelhouse
+from tests.conftest import REPO, DaemonProcess
+
+
+def _fake_wheels(folder, sizes):
+    folder.mkdir()
+    wheels = []
+    for index, size in enumerate(sizes):
+        wheel = folder / f"pkg{index}-1.0-py3-none-any.whl"
+        wheel.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+        wheels.append(wheel)
+    wheelhouse.write_sums(folder, wheels)
+    return wheels
+
+
+def test_split_wheels_join_back_byte_for_byte(tmp_path):
+    wheels = _fake_wheels(tmp_path / "wh", [3_000_000, 1_000])
+    original = wheels[0].read_bytes()
+    parts = wheelhouse.split_large(wheels, limit_mb=1)
+    assert [p.name.split(".part-")[1] for p in parts] == ["000", "001", "002"]
+    assert not wheels[0].exists() and wheels[1].exists()  # only the large one is cut
+    assert wheelhouse.join_parts(tmp_path / "wh") == [wheels[0]]
+    assert wheels[0].read_bytes() == original
+    assert not list((tmp_path / "wh").glob("*.part-*"))
+
+
+def test_a_damaged_or_missing_part_is_named_before_pip_sees_it(tmp_path):
+    wheels = _fake_wheels(tmp_path / "wh", [2_500_000])
+    parts = wheelhouse.split_large(wheels, limit_mb=1)
+    damaged = bytearray(parts[1].read_bytes())
+    damaged[0] ^= 0xFF
+    parts[1].write_bytes(bytes(damaged))
+    with pytest.raises(wheelhouse.WheelhouseError, match="pkg0-1.0-py3-none-any.whl: SHA-256 differs"):
+        wheelhouse.join_parts(tmp_path / "wh")
+    (tmp_path / "wh" / wheelhouse.SUMS).unlink()
+    with pytest.raises(wheelhouse.WheelhouseError, match="SHA256SUMS: missing"):
+        wheelhouse.check_sums(tmp_path / "wh")
+
+
+def test_another_hosts_python_asks_pip_for_its_tags_and_binaries_only():
+    flags = wheelhouse.target_flags("3.12")
+    assert flags[0] == "--only-binary=:all:"
+    assert flags[flags.index("--python-version") + 1] == "3.12"
+    assert "cp312" in flags and any(f.startswith("manylinux_2_28_") for f in flags)
+    assert wheelhouse.target_flags("{}.{}".format(*sys.version_info[:2])) == ["--only-binary=:all:"]
+
+
+def test_make_wheelhouse_without_a_folder_is_a_usage_error():
+    done = subprocess.run(["make", "-s", "wheelhouse", "WHEELHOUSE="], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "set WHEELHOUSE=DIR" in done.stderr
+
+
+def test_gpu_check_without_a_gpu_says_why_and_exits_zero():
+    done = subprocess.run(["make", "-s", "gpu-check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "environment  skipped" in done.stdout
+    assert "no CUDA execution provider" in done.stdout
+    assert "gpu-check: ok" in done.stdout
+
+
+def test_gpu_check_refuses_a_packages_path_that_is_not_a_folder(tmp_path):
+    done = subprocess.run([sys.executable, "offline/gpu_check.py", "--packages", str(tmp_path / "nope")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--packages:" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_wheelhouse_installs_with_no_index_and_serves(tmp_path, models_dir):
+    # Needs PyPI to fill the wheelhouse; everything after that runs without an index.
+    built = subprocess.run([sys.executable, "offline/wheelhouse.py", str(tmp_path / "wh"), "--extra", "cpu"],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-index", "--find-links",
+                                str(tmp_path / "wh"), "appliance[cpu]"], capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr
+    served = tmp_path / "models"
+    served.mkdir()
+    (served / "llama").symlink_to(models_dir / "llama")
+    daemon = DaemonProcess(served, python=str(venv / "bin" / "python"), cwd=tmp_path).wait_serving()
+    try:
+        answer = subprocess.run([str(venv / "bin" / "appliance"), "generate", "--target", daemon.target, "--model",
+                                 "llama", "--max-tokens", "4", "hello"], capture_output=True, text=True, timeout=60)
+        assert answer.returncode == 0, answer.stderr
+    finally:
+        assert daemon.stop() == 0
