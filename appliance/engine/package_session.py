@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Optional
 
 import onnxruntime as ort
 
-from appliance.engine.providers import RuntimeOptions, create_session
+from appliance.engine.providers import PROVIDER_NAMES, RuntimeOptions, create_session, resolve_providers
 from appliance.errors import PackageError
 from appliance.model_package import Manifest, TensorSpec
+
+log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {"float": "float32", "double": "float64"}
 
@@ -105,12 +108,36 @@ def check_signature(package: str, manifest: Manifest, session: ort.InferenceSess
                                                 f"{list(shape)} in {manifest.model_file}")
 
 
-def open_package_session(package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> ort.InferenceSession:
+def open_package_session(package_dir: Path, manifest: Manifest, options: RuntimeOptions,
+                         cuda_graph: bool = False) -> ort.InferenceSession:
     check_tensorrt_targets(package_dir, manifest, options)
     try:
-        session = create_session(str(package_dir / manifest.model_file), options)
+        session = create_session(str(package_dir / manifest.model_file), options, cuda_graph)
     except Exception as exc:  # ORT's own errors: their text may quote the file, so the class only
-        raise PackageError(package_dir.name, f"file {manifest.model_file} cannot be loaded by ONNX Runtime "
-                                             f"({exc.__class__.__name__})") from None
+        with_graphs = " with CUDA graphs" if cuda_graph else ""
+        raise PackageError(package_dir.name, f"file {manifest.model_file} cannot be loaded by ONNX Runtime"
+                                             f"{with_graphs} ({exc.__class__.__name__})") from exc
     check_signature(package_dir.name, manifest, session)
     return session
+
+
+def open_decoder_session(package_dir: Path, manifest: Manifest,
+                         options: RuntimeOptions) -> tuple[ort.InferenceSession, bool]:
+    """The session and whether its decode steps replay CUDA graphs, as options.cuda_graph asks:
+    graphs need the CUDA provider first and every compute node on it, which ORT checks at load."""
+    first = resolve_providers(options.providers)[0]
+    if options.cuda_graph == "off" or (options.cuda_graph == "auto" and first != PROVIDER_NAMES["cuda"]):
+        return open_package_session(package_dir, manifest, options), False
+    if first != PROVIDER_NAMES["cuda"]:
+        raise PackageError(package_dir.name, f"[runtime] cuda_graph = on needs the CUDA execution provider; "
+                                             f"the session would run on {first}")
+    try:
+        return open_package_session(package_dir, manifest, options, cuda_graph=True), True
+    except PackageError as error:
+        cause = str(error.__cause__ or error).strip().splitlines()
+        reason = cause[-1][:300] if cause else error.reason
+        if options.cuda_graph == "on":
+            raise PackageError(package_dir.name, f"[runtime] cuda_graph = on, but ONNX Runtime cannot capture "
+                                                 f"{manifest.model_file} in CUDA graphs: {reason}") from None
+        log.info("%s: decode steps run without CUDA graphs (%s)", package_dir.name, reason)
+        return open_package_session(package_dir, manifest, options), False

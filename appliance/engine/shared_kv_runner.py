@@ -1,29 +1,40 @@
-"""Runs many decoder sequences over a builder graph with one KV buffer that is never copied.
+"""Runs many decoder sequences over a builder graph, its state resident on the session's device.
 
-One buffer per layer and K/V, [max_batch, kv_heads, context_length, head_dim]. Slots are rows:
-running sequences occupy rows 0..n-1, and a decode step binds views of the first n rows both as
-`past_key_values.L.*` input and as `present.L.*` output, so each step writes its new keys in
-place. The attention mask is [n, context_length] with ones up to each row's own length (right
-padding): GroupQueryAttention reads every row's length from it. Bindings are made once per batch
-size and reused; only token ids and the mask change between steps.
+One KV buffer per layer and K/V, [rows, kv_heads, context_length, head_dim], plus the token ids
+[rows, 1], the attention mask [rows, context_length] and the logits [rows, 1, vocab]: all
+allocated by ONNX Runtime where the session computes (device_buffers.py), so under the CUDA
+provider nothing is copied to the host and back between steps. Slots are rows: running sequences
+occupy rows 0..n-1, and a decode step binds the first n rows by pointer and shape, the KV both as
+`past_key_values.L.*` input and as `present.L.*` output, so each step writes its new keys in place.
+The mask has ones up to each row's own length (right padding): GroupQueryAttention reads every
+row's length from it. Bindings are made once per batch size; per step the host sends the token
+ids and one mask entry per row, and reads back the logits.
 
 Some CPU kernels compute rows in tiles (MatMulNBits takes them two at a time on some hosts) and a
 lone row, a batch of one or the odd row out, through another kernel that rounds differently. With
 `row_quantum` q > 1 every decode step runs a multiple of q rows, the spare ones computed and
 thrown away, so each row takes the same path whatever the batch (see batch_invariance.py).
+
+With CUDA graphs (package_session.open_decoder_session) each batch size's decode step is captured
+once, under its own `gpu_graph_id`, and replayed: that needs the fixed addresses above. Prefill
+shapes vary, so prefill runs uncaptured.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnxruntime as ort
 
-from appliance.engine.package_session import open_package_session
+from appliance.engine.device_buffers import CpuDevice, DeviceBuffer, device_for
+from appliance.engine.package_session import open_decoder_session
 from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
+
+SKIP_GRAPH = "-1"  # ORT's gpu_graph_id for a run that is neither captured nor replayed
 
 
 def _round_up(n: int, quantum: int) -> int:
@@ -35,7 +46,7 @@ class SharedKVRunner:
     row_quanta = (1, 2, 4)
 
     def __init__(self, package_dir: Path, manifest: Manifest, options: RuntimeOptions, max_batch: int = 1,
-                 context_length: int | None = None):
+                 context_length: int | None = None, device: Optional[CpuDevice] = None):
         layout = manifest.kv_layout
         if layout is None or not layout.shared_buffer:
             raise PackageError(package_dir.name, "SharedKVRunner needs a graph that shares past and present KV buffers")
@@ -43,22 +54,41 @@ class SharedKVRunner:
         self.max_batch = max_batch
         # The operator may cap the context below the model's to bound KV memory.
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
-        self.session = open_package_session(package_dir, manifest, options)
+        self.session, self.cuda_graph = open_decoder_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
+        self.device = device or device_for(self.session)
         self.vocab_size = manifest.vocab_size
+        self._dtypes = {spec.name: np.dtype(spec.dtype) for spec in (*manifest.io.inputs, *manifest.io.outputs)}
+        self._prefill_options = self._run_options(SKIP_GRAPH)
+        self._prefill_ids: Optional[DeviceBuffer] = None  # [1, longest chunk so far]
+        self._prefill_logits: Optional[DeviceBuffer] = None  # [1, longest chunk so far, vocab]
+        self._graph_epoch = 0  # captured graphs hold addresses: new buffers need new graph ids
         self.row_quantum = 1
         self._allocate(max_batch)
 
+    def _run_options(self, graph_id: str) -> Optional[ort.RunOptions]:
+        if not self.cuda_graph:
+            return None
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", graph_id)
+        return options
+
     def _allocate(self, rows: int) -> None:
-        layout = self.layout
-        shape = (rows, layout.num_kv_heads, self.context_length, layout.head_dim)
-        # The numpy arrays own the memory; OrtValues over row views let ORT read and write it.
-        self._kv = [np.zeros(shape, np.dtype(layout.dtype)) for _ in range(2 * layout.num_layers)]
-        self._ids = np.zeros((rows, 1), np.int64)
-        self._mask = np.zeros((rows, self.context_length), np.int64)
+        layout, device, context = self.layout, self.device, self.context_length
+        shape = (rows, layout.num_kv_heads, context, layout.head_dim)
+        # Positions past a row's length are never read (GQA takes each row's length from the mask),
+        # so only the mask needs clearing.
+        self._kv = [device.allocate("kv", shape, layout.dtype) for _ in range(2 * layout.num_layers)]
+        self._ids = device.allocate("input_ids", (rows, 1), self._dtypes["input_ids"])
+        self._mask = device.allocate("attention_mask", (rows, context), self._dtypes["attention_mask"])
+        device.clear(self._mask, 0, self._mask.size)
+        self._logits = device.allocate("logits", (rows, 1, self.vocab_size), self._dtypes["logits"])
+        self._rows = rows
+        self._row_starts = np.arange(rows, dtype=np.int64) * context  # mask offset of each row
         self._cached = np.zeros(rows, np.int64)  # positions each row holds (ones in its mask)
-        self._logits = np.zeros((rows, 1, self.vocab_size), np.float32)
-        self._decode_bindings: dict[int, ort.IOBinding] = {}
+        self._host_logits = np.empty((rows, self.vocab_size), np.float32)  # where non-fp32 logits are widened
+        self._decode_bindings: dict[int, tuple[ort.IOBinding, Optional[ort.RunOptions]]] = {}
+        self._graph_epoch += 1
 
     def set_row_quantum(self, quantum: int) -> None:
         """Pads every decode step to a multiple of `quantum` rows. Empties every row: call it
@@ -67,78 +97,109 @@ class SharedKVRunner:
             raise ValueError(f"row quantum {quantum} is not one of {self.row_quanta}")
         self.row_quantum = quantum
         rows = _round_up(self.max_batch, quantum)
-        if rows > len(self._ids):  # the buffers only grow: a KV cache may be gigabytes
+        if rows > self._rows:  # the buffers only grow: a KV cache may be gigabytes
             self._kv = []  # freed before the larger ones are allocated
             self._allocate(rows)
-        self._mask[:] = 0
+        self.device.clear(self._mask, 0, self._mask.size)
         self._cached[:] = 0
 
-    def _bind_kv(self, binding: ort.IOBinding, rows: slice) -> None:
-        layout = self.layout
+    def _bind_kv(self, binding: ort.IOBinding, first_row: int, rows: int) -> None:
+        layout, bind = self.layout, self.device.bind
+        shape = (rows, layout.num_kv_heads, self.context_length, layout.head_dim)
         for layer in range(layout.num_layers):
             for index, (past, present) in enumerate(((layout.past_key, layout.present_key),
                                                      (layout.past_value, layout.present_value))):
-                view = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * layer + index][rows])
-                binding.bind_ortvalue_input(past % layer, view)
-                binding.bind_ortvalue_output(present % layer, view)
+                buffer = self._kv[2 * layer + index]
+                bind(binding, past % layer, buffer, first_row, shape)
+                bind(binding, present % layer, buffer, first_row, shape, output=True)
 
-    def _decode_binding(self, n: int) -> ort.IOBinding:
-        binding = self._decode_bindings.get(n)
-        if binding is None:
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(self._ids[:n]))
-            binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:n]))
-            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
-            self._bind_kv(binding, slice(0, n))
-            self._decode_bindings[n] = binding
-        return binding
+    def _decode_binding(self, n: int) -> tuple[ort.IOBinding, Optional[ort.RunOptions]]:
+        found = self._decode_bindings.get(n)
+        if found is None:
+            binding, bind = self.session.io_binding(), self.device.bind
+            bind(binding, "input_ids", self._ids, 0, (n, 1))
+            bind(binding, "attention_mask", self._mask, 0, (n, self.context_length))
+            bind(binding, "logits", self._logits, 0, (n, 1, self.vocab_size), output=True)
+            self._bind_kv(binding, 0, n)
+            found = self._decode_bindings[n] = binding, self._run_options(str(self._graph_epoch * 1000 + n))
+        return found
+
+    def _run(self, binding: ort.IOBinding, options: Optional[ort.RunOptions]) -> None:
+        self.device.before_run()
+        self.session.run_with_iobinding(binding, options)
+
+    def _widened(self, logits: np.ndarray, rows: int) -> np.ndarray:
+        """[rows, vocab] float32 on the host (an fp16 graph's logits are widened for the sampler)."""
+        logits = logits.reshape(rows, self.vocab_size)
+        if logits.dtype == np.float32:
+            return logits
+        np.copyto(self._host_logits[:rows], logits)
+        return self._host_logits[:rows]
+
+    def _prefill_buffers(self, length: int) -> tuple[DeviceBuffer, DeviceBuffer]:
+        """Chunk-sized ids and logits buffers, regrown only when a longer chunk comes."""
+        if self._prefill_ids is None or self._prefill_ids.row_size < length:
+            self._prefill_ids = self._prefill_logits = None  # freed before the larger ones
+            self._prefill_ids = self.device.allocate("input_ids", (1, length), self._dtypes["input_ids"])
+            self._prefill_logits = self.device.allocate("logits", (1, length, self.vocab_size), self._dtypes["logits"])
+        return self._prefill_ids, self._prefill_logits
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> np.ndarray:
-        """Writes token_ids at positions start.. of row `slot`; returns the last position's logits [vocab]."""
-        ids = np.asarray([token_ids], np.int64)  # [1, S]
-        # [1, start + S]: GQA tells a first prompt by mask length == S, a later chunk by more.
-        mask = np.ones((1, start + len(token_ids)), np.int64)
+        """Writes token_ids at positions start.. of row `slot`; returns the last position's logits [vocab],
+        read off the device alone (the graph computes [1, S, vocab] into a reused buffer)."""
+        device, size, end = self.device, len(token_ids), start + len(token_ids)
+        ids, logits = self._prefill_buffers(size)
+        device.write(ids, 0, np.asarray(token_ids, ids.dtype))  # [S]
+        row = int(self._row_starts[slot])
+        device.write(self._mask, row + start, np.ones(size, self._mask.dtype))
+        if self._cached[slot] > end:  # a row that held more (a rewritten chunk) keeps no stale ones
+            device.clear(self._mask, row + end, int(self._cached[slot]) - end)
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_output("logits", "cpu")
-        self._bind_kv(binding, slice(slot, slot + 1))
-        self.session.run_with_iobinding(binding)
-        end = start + len(token_ids)
-        self._mask[slot] = 0
-        self._mask[slot, :end] = 1
+        device.bind(binding, "input_ids", ids, 0, (1, size))
+        # [1, start + S], the row's own mask: GQA tells a first prompt by mask length == S.
+        device.bind(binding, "attention_mask", self._mask, slot, (1, end))
+        device.bind(binding, "logits", logits, 0, (1, size, self.vocab_size), output=True)  # [1, S, vocab]
+        self._bind_kv(binding, slot, 1)
+        self._run(binding, self._prefill_options)
         self._cached[slot] = end
-        return binding.get_outputs()[0].numpy()[0, -1]
+        # A copy: a step may prefill several rows before it samples any.
+        return np.array(device.read(logits, (size - 1) * self.vocab_size, self.vocab_size), np.float32)
 
     def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows 0..n-1; lengths[i] tokens are already cached in row i.
 
         Returns logits [n, vocab], a view that the next step overwrites.
         """
-        n = len(token_ids)
-        padded = min(_round_up(n, self.row_quantum), len(self._ids))
-        self._ids[:n, 0] = token_ids
-        self._mask[np.arange(n), lengths] = 1
+        n, device = len(token_ids), self.device
+        padded = min(_round_up(n, self.row_quantum), self._rows)
+        device.write(self._ids, 0, token_ids)
+        device.write_at(self._mask, self._row_starts[:n] + lengths, 1)
         self._cached[:n] = lengths + 1
         if padded == n:  # the usual step: no spare rows to set up and clear
-            self.session.run_with_iobinding(self._decode_binding(n))
-            return self._logits[:n, 0]
+            self._run(*self._decode_binding(n))
+            return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
         # A spare row writes one throw-away position just past what it holds: an empty row's
         # position 0, or a prefilling row's next position, which its next chunk overwrites.
-        spare = np.arange(n, padded)
-        self._ids[spare, 0] = 0
-        self._mask[spare, self._cached[spare]] = 1
-        self.session.run_with_iobinding(self._decode_binding(padded))
-        self._mask[spare, self._cached[spare]] = 0
-        return self._logits[:n, 0]
+        spare = self._row_starts[n:padded] + self._cached[n:padded]
+        device.write(self._ids, n, np.zeros(padded - n, self._ids.dtype))
+        device.write_at(self._mask, spare, 1)
+        self._run(*self._decode_binding(padded))
+        device.write_at(self._mask, spare, 0)
+        return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
 
     def move(self, src: int, dst: int, length: int) -> None:
-        """Copies row src's first `length` cached positions into row dst (slot compaction)."""
-        for buffer in self._kv:
-            buffer[dst, :, :length] = buffer[src, :, :length]
-        self._mask[dst] = self._mask[src]
-        self._cached[dst] = self._cached[src]
+        """Copies row src's first `length` cached positions into row dst (slot compaction), on the device."""
+        layout, device = self.layout, self.device
+        for buffer in self._kv:  # [H, C, D] per row: H runs of length * D, C * D apart
+            device.copy_block(buffer, src * buffer.row_size, dst * buffer.row_size, length * layout.head_dim,
+                              layout.num_kv_heads, self.context_length * layout.head_dim)
+        starts = self._row_starts
+        device.copy_block(self._mask, int(starts[src]), int(starts[dst]), length, 1, self.context_length)
+        if self._cached[dst] > length:
+            device.clear(self._mask, int(starts[dst]) + length, int(self._cached[dst]) - length)
+        self._cached[dst] = length
 
     def release(self, slot: int) -> None:
-        self._mask[slot] = 0
+        if self._cached[slot]:
+            self.device.clear(self._mask, int(self._row_starts[slot]), int(self._cached[slot]))
         self._cached[slot] = 0

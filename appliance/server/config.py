@@ -47,6 +47,9 @@ class RuntimeConfig(_Section):
     providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("cpu",)
     # ONNX Runtime intra-op threads per session; 0 lets ORT use every core.
     intra_op_threads: int = Field(0, ge=0)
+    # Decode steps replay CUDA graphs (one per batch size) on the CUDA provider: auto where the
+    # graph allows it (every node on CUDA), on to refuse a decoder that cannot, off never.
+    cuda_graph: Literal["auto", "on", "off"] = "auto"
 
 
 class EngineConfig(_Section):

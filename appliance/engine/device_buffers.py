@@ -1,0 +1,210 @@
+"""Tensors that ONNX Runtime allocates on a session's device, and every copy the engine makes.
+
+The runner never touches device memory itself. It asks a Device for a DeviceBuffer (allocated by
+ORT's own allocator, so the memory lives where the session computes), binds row ranges of it to
+the graph by pointer and shape, and moves bytes only through `write`, `write_at`, `read`,
+`copy_block` and `clear`. Offsets and sizes count elements of the buffer's dtype, from its start.
+Each call adds its bytes to `traffic`, per direction and buffer name: that is how a test shows
+what a decode step moves between host and device.
+
+CpuDevice: the memory is host memory, so reads are views and copies are numpy's.
+CudaDevice: the CUDA runtime's own copies (cudaMemcpy, cudaMemcpy2D, cudaMemset) through ctypes,
+from the library onnxruntime-gpu loads; no torch or cupy in the daemon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import onnxruntime as ort
+
+TO_DEVICE = "host->device"
+TO_HOST = "device->host"
+ON_DEVICE = "device->device"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+class DeviceBuffer:
+    """One ORT-allocated tensor [rows, *row_shape]; rows a..b are one contiguous range."""
+
+    def __init__(self, device: "CpuDevice", name: str, shape: tuple[int, ...], dtype):
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.size = math.prod(self.shape)
+        self.row_size = math.prod(self.shape[1:])  # elements per row
+        self.value = ort.OrtValue.ortvalue_from_shape_and_type(list(self.shape), self.dtype.type,
+                                                               device.ort_device, device.device_id)
+        self.ptr = self.value.data_ptr()
+
+    def address(self, offset: int) -> int:
+        return self.ptr + offset * self.dtype.itemsize
+
+
+class CpuDevice:
+    """Device memory that is host memory: ORT's CPU allocator, read and written as numpy views."""
+
+    ort_device = "cpu"
+    device_id = 0
+
+    def __init__(self):
+        self.traffic: Counter[tuple[str, str]] = Counter()  # (direction, buffer name) -> bytes
+        self.bound: Counter[str] = Counter()  # graph input or output name -> times bound
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype) -> DeviceBuffer:
+        buffer = DeviceBuffer(self, name, shape, dtype)
+        raw = (ctypes.c_byte * (buffer.size * buffer.dtype.itemsize)).from_address(buffer.ptr)
+        buffer.host = np.frombuffer(raw, buffer.dtype)  # flat view, lives as long as the buffer
+        return buffer
+
+    def bind(self, binding: ort.IOBinding, name: str, buffer: DeviceBuffer, first_row: int,
+             shape: tuple[int, ...], output: bool = False) -> None:
+        """Binds rows first_row.. of buffer, seen as `shape`, as the graph's input or output `name`."""
+        assert first_row * buffer.row_size + math.prod(shape) <= buffer.size, f"{name} outruns {buffer.name}"
+        bind = binding.bind_output if output else binding.bind_input
+        bind(name, self.ort_device, self.device_id, buffer.dtype.type, list(shape),
+             buffer.address(first_row * buffer.row_size))
+        self.bound[name] += 1
+
+    def _count(self, direction: str, buffer: DeviceBuffer, elements: int) -> None:
+        self.traffic[direction, buffer.name] += elements * buffer.dtype.itemsize
+
+    def write(self, buffer: DeviceBuffer, offset: int, values: np.ndarray) -> None:
+        """Host values into buffer[offset : offset + values.size]."""
+        self._count(TO_DEVICE, buffer, values.size)
+        buffer.host[offset : offset + values.size] = values.ravel()
+
+    def write_at(self, buffer: DeviceBuffer, offsets: np.ndarray, value: int) -> None:
+        """One value into each of the scattered elements buffer[offsets]."""
+        self._count(TO_DEVICE, buffer, len(offsets))
+        buffer.host[offsets] = value
+
+    def read(self, buffer: DeviceBuffer, offset: int, count: int) -> np.ndarray:
+        """buffer[offset : offset + count] on the host, flat; valid until the buffer is next written."""
+        self._count(TO_HOST, buffer, count)
+        return buffer.host[offset : offset + count]
+
+    def copy_block(self, buffer: DeviceBuffer, src: int, dst: int, width: int, height: int, pitch: int) -> None:
+        """Copies `height` runs of `width` elements, `pitch` apart, from offset src to offset dst."""
+        self._count(ON_DEVICE, buffer, width * height)
+        step = pitch * buffer.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided
+        np.copyto(view(buffer.host[dst:], (height, width), (step, buffer.dtype.itemsize)),
+                  view(buffer.host[src:], (height, width), (step, buffer.dtype.itemsize)))
+
+    def clear(self, buffer: DeviceBuffer, offset: int, count: int) -> None:
+        """Zeroes buffer[offset : offset + count] where it lies (no host data is sent)."""
+        self._count(ON_DEVICE, buffer, count)
+        buffer.host[offset : offset + count] = 0
+
+    def before_run(self) -> None:
+        """Makes every write so far visible to the next session run."""
+
+
+class CudaDevice(CpuDevice):
+    """Memory on CUDA device `device_id`, copied by the CUDA runtime (unified addressing lets one
+    copy kind, cudaMemcpyDefault, serve every direction)."""
+
+    ort_device = "cuda"
+    _DEFAULT_KIND = 4  # cudaMemcpyDefault
+
+    def __init__(self, device_id: int = 0):
+        super().__init__()
+        self.device_id = device_id
+        self._cuda = _cudart()
+        self._check("cudaSetDevice", self._cuda.cudaSetDevice(device_id))
+        self._staging: dict[int, np.ndarray] = {}  # buffer ptr -> host array reads land in
+        self._written = False
+
+    def _check(self, call: str, code: int) -> None:
+        if code:
+            message = self._cuda.cudaGetErrorString(code).decode(errors="replace")
+            raise RuntimeError(f"{call} failed on CUDA device {self.device_id}: {message}")
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype) -> DeviceBuffer:
+        return DeviceBuffer(self, name, shape, dtype)
+
+    def write(self, buffer: DeviceBuffer, offset: int, values: np.ndarray) -> None:
+        self._count(TO_DEVICE, buffer, values.size)
+        host = np.ascontiguousarray(values, buffer.dtype)
+        self._check("cudaMemcpy", self._cuda.cudaMemcpy(ctypes.c_void_p(buffer.address(offset)),
+                                                        ctypes.c_void_p(host.ctypes.data), host.nbytes,
+                                                        self._DEFAULT_KIND))
+        self._written = True
+
+    def write_at(self, buffer: DeviceBuffer, offsets: np.ndarray, value: int) -> None:
+        one = np.full(1, value, buffer.dtype)
+        for offset in offsets:  # a handful per step: one mask entry per row
+            self.write(buffer, int(offset), one)
+
+    def read(self, buffer: DeviceBuffer, offset: int, count: int) -> np.ndarray:
+        self._count(TO_HOST, buffer, count)
+        staging = self._staging.get(buffer.ptr)
+        if staging is None or staging.size < count:  # grows to the largest read, then is reused
+            staging = self._staging[buffer.ptr] = np.empty(count, buffer.dtype)
+        self._check("cudaMemcpy", self._cuda.cudaMemcpy(ctypes.c_void_p(staging.ctypes.data),
+                                                        ctypes.c_void_p(buffer.address(offset)),
+                                                        count * buffer.dtype.itemsize, self._DEFAULT_KIND))
+        return staging[:count]
+
+    def copy_block(self, buffer: DeviceBuffer, src: int, dst: int, width: int, height: int, pitch: int) -> None:
+        self._count(ON_DEVICE, buffer, width * height)
+        size = buffer.dtype.itemsize
+        self._check("cudaMemcpy2D", self._cuda.cudaMemcpy2D(
+            ctypes.c_void_p(buffer.address(dst)), pitch * size, ctypes.c_void_p(buffer.address(src)), pitch * size,
+            width * size, height, self._DEFAULT_KIND))
+        self._written = True
+
+    def clear(self, buffer: DeviceBuffer, offset: int, count: int) -> None:
+        self._count(ON_DEVICE, buffer, count)
+        self._check("cudaMemset", self._cuda.cudaMemset(ctypes.c_void_p(buffer.address(offset)), 0,
+                                                        count * buffer.dtype.itemsize))
+        self._written = True
+
+    def before_run(self) -> None:
+        # A copy from pageable memory may return before its DMA lands, and ORT computes on its own
+        # stream: wait for the copies so the run reads what was written.
+        if self._written:
+            self._check("cudaDeviceSynchronize", self._cuda.cudaDeviceSynchronize())
+            self._written = False
+
+
+_CUDART_NAMES = ("libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so", "cudart64_12.dll")
+
+
+def _cudart() -> ctypes.CDLL:
+    """The CUDA runtime that onnxruntime-gpu's CUDA provider already loaded (or would load)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:  # loads the pip nvidia-* wheels' libraries, where those are used
+        try:
+            preload(cuda=True, cudnn=False, msvc=False)
+        except Exception:  # the system's CUDA may serve instead; the search below says if not
+            pass
+    for name in _CUDART_NAMES:
+        try:
+            library = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"the CUDA runtime library ({_CUDART_NAMES[0]}) cannot be loaded")
+    pointer, size = ctypes.c_void_p, ctypes.c_size_t
+    library.cudaMemcpy.argtypes = [pointer, pointer, size, ctypes.c_int]
+    library.cudaMemcpy2D.argtypes = [pointer, size, pointer, size, size, size, ctypes.c_int]
+    library.cudaMemset.argtypes = [pointer, ctypes.c_int, size]
+    library.cudaSetDevice.argtypes = [ctypes.c_int]
+    library.cudaGetErrorString.restype = ctypes.c_char_p
+    return library
+
+
+def device_for(session: ort.InferenceSession) -> CpuDevice:
+    """The device the session's first provider computes on (TensorRT's memory is CUDA memory)."""
+    provider = session.get_providers()[0]
+    if provider not in GPU_PROVIDERS:
+        return CpuDevice()
+    options: Optional[dict] = session.get_provider_options().get(provider)
+    return CudaDevice(int((options or {}).get("device_id", 0)))

@@ -1,0 +1,114 @@
+"""The runner's state lives on the session's device: what crosses between host and device, counted
+by the device layer, and row moves that never leave the device.
+
+On this host the device is the CPU; FakeDevice stands for one whose memory the host cannot read in
+place (its reads are copies, as a GPU's are), so the runner's results cannot rest on host views.
+"""
+
+import numpy as np
+import pytest
+
+from appliance.engine.device_buffers import ON_DEVICE, TO_DEVICE, TO_HOST, CpuDevice
+from appliance.engine.providers import RuntimeOptions
+from appliance.engine.shared_kv_runner import SharedKVRunner
+from appliance.errors import PackageError
+from appliance.model_package import open_package
+
+
+class FakeDevice(CpuDevice):
+    ort_device = "cpu"
+
+    def read(self, buffer, offset, count):
+        return super().read(buffer, offset, count).copy()
+
+
+def open_runner(models_dir, device=None, **runtime):
+    path = models_dir / "llama"
+    return SharedKVRunner(path, open_package(path), RuntimeOptions(intra_op_threads=1, **runtime), max_batch=4,
+                          device=device)
+
+
+PROMPTS = [[5, 17, 42, 9], [7, 8], [11, 12, 13, 14, 15, 16]]
+
+
+def fill(runner):
+    """Prefills PROMPTS into rows 0..2; returns their lengths."""
+    for row, prompt in enumerate(PROMPTS):
+        runner.prefill(row, prompt, 0)
+    return np.asarray([len(p) for p in PROMPTS], np.int64)
+
+
+def test_a_decode_step_moves_only_ids_mask_entries_and_logits(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    lengths = fill(runner)
+    tokens = np.asarray([3, 4, 5], np.int64)
+    runner.decode(tokens, lengths)  # binds the 3-row step once
+    graph_names = {i.name for i in runner.session.get_inputs()} | {o.name for o in runner.session.get_outputs()}
+    assert set(device.bound) == graph_names  # every input and output is a device buffer, bound by pointer
+    device.traffic.clear()
+    device.bound.clear()
+    logits = runner.decode(tokens, lengths + 1)
+    vocab, n = runner.vocab_size, len(tokens)
+    assert dict(device.traffic) == {(TO_DEVICE, "input_ids"): n * 8, (TO_DEVICE, "attention_mask"): n * 8,
+                                    (TO_HOST, "logits"): n * vocab * 4}
+    assert not device.bound  # the bindings of a batch size are made once
+    reference = open_runner(models_dir)  # the plain CPU device: same logits
+    fill(reference)
+    reference.decode(tokens, lengths)
+    assert np.array_equal(reference.decode(tokens, lengths + 1), logits)
+
+
+def test_prefill_reads_back_only_the_last_positions_logits(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    runner.prefill(0, PROMPTS[0][:2], 0)
+    device.traffic.clear()
+    last = runner.prefill(0, PROMPTS[0][2:], 2)  # a second chunk
+    assert dict(device.traffic) == {(TO_DEVICE, "input_ids"): 2 * 8, (TO_DEVICE, "attention_mask"): 2 * 8,
+                                    (TO_HOST, "logits"): runner.vocab_size * 4}
+    whole = open_runner(models_dir)
+    assert np.allclose(whole.prefill(0, PROMPTS[0], 0), last, atol=1e-4)
+
+
+def test_a_row_move_copies_only_valid_positions_on_the_device(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    lengths = fill(runner)
+    device.traffic.clear()
+    runner.move(2, 0, int(lengths[2]))  # row 0 (4 positions) takes row 2's 6
+    runner.release(2)
+    layout = runner.layout
+    kv_bytes = 2 * layout.num_layers * layout.num_kv_heads * int(lengths[2]) * layout.head_dim * 4
+    assert not any(direction != ON_DEVICE for direction, _ in device.traffic)  # no host round trip
+    assert device.traffic[ON_DEVICE, "kv"] == kv_bytes
+    # The mask: row 2's 6 entries copied, then row 2's 6 cleared on release.
+    assert device.traffic[ON_DEVICE, "attention_mask"] == (6 + 6) * 8
+    moved = runner.decode(np.asarray([3, 4]), np.asarray([lengths[2], lengths[1]]))
+    reference = open_runner(models_dir)
+    fill(reference)
+    in_place = reference.decode(np.asarray([3, 4, 3]), lengths)
+    assert np.array_equal(moved[0], in_place[2]) and np.array_equal(moved[1], in_place[1])
+
+
+def test_a_shorter_row_moved_over_a_longer_one_leaves_no_stale_mask(models_dir):
+    runner = open_runner(models_dir)
+    lengths = fill(runner)
+    runner.move(1, 2, int(lengths[1]))  # 2 positions over 6
+    mask = runner.device.read(runner._mask, 2 * runner._mask.row_size, runner._mask.row_size)
+    assert mask.sum() == 2 and mask[:2].all()
+
+
+def test_cuda_graph_on_without_the_cuda_provider_is_refused_naming_the_setting(models_dir):
+    with pytest.raises(PackageError, match=r"cuda_graph = on needs the CUDA execution provider"):
+        open_runner(models_dir, cuda_graph="on")
+    assert open_runner(models_dir, cuda_graph="auto").cuda_graph is False
+
+
+def test_the_config_names_a_bad_cuda_graph_setting(tmp_path):
+    from appliance.errors import ConfigError
+    from appliance.server.config import load_config
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ConfigError, match="runtime.cuda_graph"):
+        load_config(None, {"server": {"models": tmp_path / "models"}, "runtime": {"cuda_graph": "sometimes"}})
