@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 DRAIN_POLL_S = 0.05
+# What calls still open when the drain ends (refusals on their way out, health watches) get before
+# the server stops: with none, a call that a proxy sent just then was cut with CANCELLED, which
+# clients do not retry, instead of being answered UNAVAILABLE (tests/deploy/test_proxies.py).
+CLOSE_GRACE_S = 0.5
 # gRPC sets SO_REUSEPORT by default: a second daemon on a serving port would then listen beside
 # the first and the kernel would split clients between them. Off, the second bind fails.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
@@ -115,8 +119,9 @@ class Daemon:
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context,
-                                      engine.encoder_batch_tokens, engine.batch_invariance)
+                                      engine.encoder_batch_tokens, engine.batch_invariance, engine.replicas)
         self.metrics = Metrics()
+        self.metrics.watch_replicas(self.registry)
         self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None
         keys = KeyStore(config.auth.keys_db) if config.auth.keys_db else None
         auth = Authenticator(keys)
@@ -257,7 +262,7 @@ class Daemon:
         log.info("stopped")
 
     async def _close(self) -> None:
-        await self.server.stop(grace=0)
+        await self.server.stop(grace=CLOSE_GRACE_S)
         await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll interval
         self.registry.close()
         if self.usage is not None:

@@ -70,6 +70,10 @@ class EngineConfig(_Section):
     # "auto" pads decode steps to the row tile that makes it hold when that costs at most 5% step
     # time at one row; "always" pads whatever it costs; "off" never pads (it is still reported).
     batch_invariance: Literal["auto", "always", "off"] = "auto"
+    # Engines per decoder, each with its own KV cache (max_batch rows), ORT session and thread;
+    # a request goes to the one with the most free rows. With [runtime] intra_op_threads 0 they
+    # split this process's cores between them (README, "Running at larger scale", has the measurement).
+    replicas: int = Field(1, ge=1, le=64)
 
 
 # Literal[tuple] is Literal[each name]: the names are appliance.redact.policies'.

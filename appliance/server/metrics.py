@@ -4,6 +4,7 @@ direction only: never prompt text, key secrets or detected values."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.registry import ReloadOutcome, ReloadResult
 
@@ -53,8 +54,38 @@ class Metrics:
         self.kv_slots.labels(model).set(stats.running + stats.prefilling)
         self.waiting.labels(model).set(stats.waiting)
 
+    def watch_replicas(self, models) -> None:
+        """Per-replica figures of every served decoder (`models`: the ModelRegistry), read at scrape."""
+        self.registry.register(_ReplicaCollector(models))
+
     def observe_reload(self, results: list[ReloadResult]) -> None:
         for result in results:
             self.reloads.labels(result.name, result.outcome.value).inc()
             failed_but_serving = result.outcome is ReloadOutcome.FAILED and bool(result.version)
             self.reload_failed.labels(result.name).set(int(failed_but_serving))
+
+class _ReplicaCollector:
+    """appliance_replica_* with labels model and replica (0, 1, ...): what each engine of a decoder
+    holds now and how many requests the registry routed to it."""
+
+    def __init__(self, models):
+        self._models = models
+
+    def collect(self):
+        labels = ["model", "replica"]
+        running = GaugeMetricFamily("appliance_replica_batch_size", "Sequences in the replica's decode batch",
+                                    labels=labels)
+        slots = GaugeMetricFamily("appliance_replica_kv_slots_in_use", "KV cache rows held by requests", labels=labels)
+        waiting = GaugeMetricFamily("appliance_replica_queue_depth", "Requests waiting for a KV row", labels=labels)
+        routed = CounterMetricFamily("appliance_replica_requests", "Generate requests routed to the replica",
+                                     labels=labels)
+        for model in self._models.entries():
+            if model.engine is None:
+                continue
+            for index, (stats, load) in enumerate(zip(model.engine.replica_stats(), model.engine.loads())):
+                replica = [model.name, str(index)]
+                running.add_metric(replica, stats.running)
+                slots.add_metric(replica, stats.running + stats.prefilling)
+                waiting.add_metric(replica, stats.waiting)
+                routed.add_metric(replica, load.routed)
+        yield from (running, slots, waiting, routed)

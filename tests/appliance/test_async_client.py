@@ -32,7 +32,7 @@ def test_a_full_queue_is_refused_at_once_over_grpc(models_dir, tmp_path):
     config = load_config(None, {"server": {"models": served, "listen": f"127.0.0.1:{free_port()}", "max_queue": 1},
                                 "engine": {"max_batch": 1}})
     with InProcessDaemon(config) as running:
-        engine = running.daemon.registry.get("llama").engine
+        engine = running.daemon.registry.get("llama").engine.replicas[0]
         gate = threading.Event()
         real_decode = engine.runner.decode
         engine.runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]

@@ -112,7 +112,9 @@ def engine_clean(model) -> tuple[bool, str]:
     """(clean, description) of a decoder's engine: nothing running, waiting, prefilling or admitted."""
     engine = model.engine
     stats = engine.stats()
-    with engine._lock:
-        admitted = engine._admitted
+    admitted = 0
+    for replica in engine.replicas:
+        with replica._lock:
+            admitted += replica._admitted
     text = f"running={stats.running} waiting={stats.waiting} prefilling={stats.prefilling} admitted={admitted}"
     return (stats.running == stats.waiting == stats.prefilling == admitted == 0 and not engine.busy), text

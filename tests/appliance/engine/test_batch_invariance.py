@@ -127,7 +127,7 @@ def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(block128,
         registry.load_all()
         model = registry.get("llama-b128")
         assert model.batch_invariance.holds
-        assert model.engine.runner.row_quantum == model.batch_invariance.row_quantum
+        assert model.engine.replicas[0].runner.row_quantum == model.batch_invariance.row_quantum
     finally:
         registry.close()
     assert any("llama-b128: batch invariance holds" in r.getMessage() for r in caplog.records)

@@ -68,7 +68,7 @@ def test_a_changed_package_swaps_in_while_a_stream_finishes_on_the_old_version(s
     with in_process(served) as d, ApplianceClient(d.target, timeout_s=60) as client:
         registry = d.daemon.registry
         old = registry.lookup("chat")
-        slow_down(old.engine, 0.02)
+        slow_down(old.engine.replicas[0], 0.02)
         arrivals: list[float] = []
         chunks = []
 
@@ -94,7 +94,7 @@ def test_a_changed_package_swaps_in_while_a_stream_finishes_on_the_old_version(s
         fresh = list(client.generate("chat", "hello", max_tokens=4, ignore_eos=True))
         assert fresh[-1].model_version == new_version
         # ... while the old stream is still running on the old one, which is not closed under it.
-        assert streaming.is_alive() and not old.engine._closed
+        assert streaming.is_alive() and not old.engine.closed
 
         streaming.join(60)
         assert arrivals[-1] > reloaded_at, "the stream did not span the reload"
@@ -102,7 +102,7 @@ def test_a_changed_package_swaps_in_while_a_stream_finishes_on_the_old_version(s
         assert (last.finish_reason, last.completion_tokens, last.model_version) == ("length", 200, old.version)
         assert sum(len(c.token_ids) for c in chunks) == 200
         # Once its last stream is done, the old version is closed and no row is left held.
-        assert wait_for(lambda: old.engine._closed, 10)
+        assert wait_for(lambda: old.engine.closed, 10)
         assert registry.lookup("chat").engine.stats().running == 0
 
 
@@ -181,7 +181,7 @@ def test_reload_adds_new_packages_and_removes_gone_ones(served, models_dir, caps
             list(client.generate("chat", "hi", max_tokens=2))
         assert gone.value.code() is grpc.StatusCode.NOT_FOUND
         assert [m.name for m in client.list_models()] == ["writer"]
-        assert wait_for(lambda: old_chat.engine._closed, 10)
+        assert wait_for(lambda: old_chat.engine.closed, 10)
 
 
 def test_only_admin_keys_may_reload(served, tmp_path):

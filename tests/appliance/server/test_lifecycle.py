@@ -53,7 +53,7 @@ def test_health_goes_not_serving_loading_serving_draining(models_dir, tmp_path):
             # Drain with a stream in flight: health flips at once, new calls are refused,
             # and the running stream still completes.
             inference = inference_pb2_grpc.InferenceStub(channel)
-            runner = daemon.registry.get("llama").engine.runner
+            runner = daemon.registry.get("llama").engine.replicas[0].runner
             gate = threading.Event()
             real_decode = runner.decode
             runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]

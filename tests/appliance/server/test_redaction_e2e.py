@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from appliance.client import ApplianceClient
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.scheduler import SchedulerConfig
+from appliance.registry import ReplicaSet
 from appliance.server.config import load_config
 from tests.conftest import InProcessDaemon, free_port
 
@@ -70,7 +71,7 @@ def script_model(daemon_and_target, models_dir, text):
     script = tokenizer.encode(text).ids
     runner = ScriptedRunner(script, tokenizer.get_vocab_size())
     model.engine.close()
-    model.engine = GenerationEngine(runner, tokenizer, [], SchedulerConfig(max_batch=4))
+    model.engine = ReplicaSet([GenerationEngine(runner, tokenizer, [], SchedulerConfig(max_batch=4))])
     return runner, tokenizer, len(script)
 
 

@@ -45,7 +45,7 @@ def test_a_stuck_engine_stops_the_watchdog_pings_and_they_resume_when_it_moves(t
             time.sleep(1.0)
             assert len(pings) >= 3, "no pings while idle"
             # One decode step that takes 2 s: the engine thread is stuck inside the runner.
-            engine = d.daemon.registry.lookup("chat").engine
+            engine = d.daemon.registry.lookup("chat").engine.replicas[0]
             slow_down(engine, 2.0)
             stuck_from = time.monotonic()
             chunks = list(client.generate("chat", "hi", max_tokens=2, ignore_eos=True))
