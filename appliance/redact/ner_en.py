@@ -141,7 +141,7 @@ class EnglishNer:
                 return True
             if not (self._given(first) and self._surname(words[-1])):
                 return False
-            # The parser's reading vetoes a weak given name ("Hope Springs" reads as a company).
+            # A census first name off the given-name list is weak evidence: the parser must agree.
             return first.lower() in self._given_names or self._reads_as_person(" ".join(words))
         if not self._given(first, _LONE_SHARE):
             return False
