@@ -56,6 +56,16 @@ def test_minilm_tensorrt_engine_builds_loads_and_matches_cuda(sources, tmp_path)
 
 def test_decoder_tensorrt_engine_builds_and_loads(sources, tmp_path):
     _tensorrt_or_skip()
+    from appliance.engine.providers import RuntimeOptions
+    from appliance.engine.runners import open_decoder_runner
+
     out = export_or_fail(sources["llama"], tmp_path / "llama-trt", "--precision", "fp16", "--target", "tensorrt")
     manifest = open_package(out)
     assert any(t.name == "tensorrt" for t in manifest.targets)
+    # Loads where the daemon would load it: TensorRT first, its state in CUDA memory.
+    runner = open_decoder_runner(out, manifest, RuntimeOptions(("tensorrt", "cuda")), max_batch=2)
+    assert runner.provider == "TensorrtExecutionProvider" and runner.device.ort_device == "cuda"
+    logits = runner.prefill(0, [5, 17, 42], 0)
+    for step in range(4):
+        logits = runner.decode(np.asarray([int(np.argmax(logits))]), np.asarray([3 + step]))[0]
+    assert np.isfinite(logits).all()

@@ -112,3 +112,23 @@ def test_the_config_names_a_bad_cuda_graph_setting(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(ConfigError, match="runtime.cuda_graph"):
         load_config(None, {"server": {"models": tmp_path / "models"}, "runtime": {"cuda_graph": "sometimes"}})
+
+
+@pytest.fixture(scope="module")
+def fp16_package(sources, tmp_path_factory):
+    from tests.conftest import export_or_fail
+
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("fp16") / "llama-cuda-fp16",
+                          "--target", "cuda", "--precision", "fp16")
+
+
+def test_an_fp16_package_keeps_fp16_state_and_hands_the_sampler_fp32_logits(models_dir, fp16_package):
+    half = SharedKVRunner(fp16_package, open_package(fp16_package), RuntimeOptions(intra_op_threads=1), max_batch=2)
+    assert half._kv[0].dtype == half._logits.dtype == np.float16  # as the package declares
+    full = open_runner(models_dir)
+    logits = [half.prefill(0, PROMPTS[0], 0), full.prefill(0, PROMPTS[0], 0)]
+    assert logits[0].dtype == np.float32
+    for step in range(8):
+        assert np.abs(logits[0] - logits[1]).max() < 5e-2
+        token = np.asarray([int(np.argmax(logits[1]))])
+        logits = [runner.decode(token, np.asarray([len(PROMPTS[0]) + step]))[0] for runner in (half, full)]
