@@ -1,30 +1,43 @@
 """This engine side by side with onnxruntime-genai, Optimum and transformers, in one run.
 
     .venv/bin/python benchmarks/engine/bench_engine.py [--tokens 64] [--threads 2] [--repeat 3]
+    .venv/bin/python benchmarks/engine/bench_engine.py --provider cuda --package DIR [--package DIR2]
+        [--cuda-graph on|off|auto] [--concurrency 1 8] [--json FILE]
+    .venv/bin/python benchmarks/engine/bench_engine.py --package DIR --baseline REV --skip genai
 
-The model is random weights in SmolLM-135M's shape (30 layers, hidden 576, 9 query / 3 KV heads,
-MLP 1536, vocab 32000): built once under --work, exported as int4 builder packages with block
-128 (the fastest CPU recipe; its kernels round differently for several rows than for one, so it
-is not batch-invariant, see the manifest's `batch_invariant`) and block 32 (batch-invariant),
-both at accuracy level 4, and as an fp32 Optimum package for ORTModelForCausalLM.
+Without --package the model is random weights in SmolLM-135M's shape (30 layers, hidden 576,
+9 query / 3 KV heads, MLP 1536, vocab 32000): built once under --work, exported as int4 builder
+packages with block 128 (the fastest CPU recipe; its kernels round differently for several rows
+than for one, so it is not batch-invariant, see the manifest's `batch_invariant`) and block 32
+(batch-invariant), both at accuracy level 4, and as an fp32 Optimum package for
+ORTModelForCausalLM. With --package, the given builder packages (e.g. `--target cuda` fp16 and
+int4 ones for a GPU host) are measured instead, by this engine and by genai; --provider picks the
+execution provider (cpu, cuda, tensorrt) and --cuda-graph whether decode steps replay CUDA graphs.
+--baseline REV adds this engine with the shared-KV runner of git revision REV, so a runner change
+is compared with the one before it in the same run.
 Every contender gets the same prompts (32 tokens), greedy decoding, ignore-EOS, --threads threads.
 
 Printed per contender: batch-1 decode tokens/s and time to first token, and aggregate tokens/s at
-1, 4, 8 and 16 concurrent sequences; for this engine also the fraction of the memory-bandwidth
-roofline (weight bytes read per step x steps per second / measured read bandwidth). Medians over
---repeat runs with the spread (min-max). These machines are noisy: compare ratios within one run.
+each --concurrency (1, 4, 8 and 16 concurrent sequences by default); for this engine also the
+fraction of the memory-bandwidth roofline on CPU (weight bytes read per step x steps per second /
+measured read bandwidth). Medians over --repeat runs with the spread (min-max). These machines
+are noisy: compare ratios within one run. --json FILE writes the first contender's batch-1 decode
+tokens/s, time to first token and aggregate tokens/s at 8 streams (decode_tokens_per_s_batch1,
+ttft_ms_batch1, aggregate_tokens_per_s_8) and every contender's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,9 +103,22 @@ def step_weight_bytes(package: Path) -> int:
 
 # ---- contenders: each returns (ttft_s, decode_tokens_per_s) for one batch ---------------------
 
+def baseline_runner(revision: str):
+    """The SharedKVRunner class of git revision `revision`, imported from its text (it imports
+    today's package_session and providers, which stay compatible with it)."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:appliance/engine/shared_kv_runner.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_shared_kv_runner.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SharedKVRunner
+
+
 class OurEngine:
-    def __init__(self, package: Path, threads: int):
-        self.name = f"appliance engine {package.name}"
+    def __init__(self, package: Path, threads: int, rows: int, provider: str = "cpu", cuda_graph: str = "auto",
+                 runner_class=None, label: str = ""):
         from tokenizers import Tokenizer
 
         from appliance.engine.engine import GenerationEngine
@@ -102,10 +128,16 @@ class OurEngine:
         from appliance.model_package import open_package
 
         manifest = open_package(package)
-        runner = open_decoder_runner(package, manifest, RuntimeOptions(intra_op_threads=threads), max_batch=16,
-                                     max_context=512)
+        options = RuntimeOptions((provider,), intra_op_threads=threads, cuda_graph=cuda_graph)
+        if runner_class is None:
+            runner = open_decoder_runner(package, manifest, options, max_batch=rows, max_context=512)
+        else:
+            runner = runner_class(package, manifest, options, max_batch=rows, context_length=512)
+        graphs = "on" if getattr(runner, "cuda_graph", False) else "off"
+        on = "" if provider == "cpu" else f" [{runner.provider.removesuffix('ExecutionProvider')}, graphs {graphs}]"
+        self.name = f"appliance engine {package.name}{label}{on}"
         self.engine = GenerationEngine(runner, Tokenizer.from_file(str(package / "tokenizer.json")), [],
-                                       SchedulerConfig(max_batch=16, max_step_tokens=1024, prefill_chunk=512))
+                                       SchedulerConfig(max_batch=rows, max_step_tokens=1024, prefill_chunk=512))
 
     def run(self, batch: list[list[int]], tokens: int) -> tuple[float, float, float]:
         from appliance.engine.sampling import SamplingParams
@@ -222,10 +254,10 @@ def _hf_generate(model, batch, tokens):
     return first, decode_rate, len(batch) * tokens / total
 
 
-def measure(contender, all_prompts, tokens, repeat) -> dict:
+def measure(contender, all_prompts, tokens, repeat, concurrency) -> dict:
     contender.run(all_prompts[:1], 4)  # warm-up
     figures = {}
-    for n in CONCURRENCY:
+    for n in concurrency:
         runs = [contender.run(all_prompts[:n], tokens) for _ in range(repeat)]
         figures[n] = runs
     return figures
@@ -235,61 +267,136 @@ def spread(values) -> str:
     return f"{statistics.median(values):7.1f} ({min(values):.0f}-{max(values):.0f})"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/engine-bench"))
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out: genai optimum torch")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/engine-bench"),
+                        help="where the SmolLM-shaped packages are built (without --package)")
+    parser.add_argument("--package", type=Path, action="append", default=[],
+                        help="a builder package to measure (repeatable); default: build the SmolLM-shaped ones")
+    parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                        help="execution provider of this engine's sessions")
+    parser.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                        help="whether decode steps replay CUDA graphs ([runtime] cuda_graph)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure this engine with the shared-KV runner of git revision REV")
+    parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per sequence")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per session")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median and spread)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
+                        help="concurrent sequences to measure (1 is always measured)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("ours", "genai", "optimum", "torch"),
+                        help="contenders to leave out")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source, int4, fp32 = prepare(args.work)
-    all_prompts = prompts(32000, max(CONCURRENCY))
-    bandwidth = read_bandwidth_gbs()
-    weights = {recipe: step_weight_bytes(path) for recipe, path in int4.items()}
+    args.concurrency = sorted({1, *args.concurrency})
+    missing = [str(p) for p in args.package if not (p / "manifest.json").is_file()]
+    if missing:
+        parser.error(f"--package {missing[0]}: no manifest.json there")
+    return args
 
-    contenders = []
-    for recipe, package in int4.items():
-        contenders += [("ours", lambda package=package: OurEngine(package, args.threads)),
-                       ("genai", lambda package=package: GenAI(package, args.threads, args.work))]
-    contenders += [("optimum", lambda: OptimumORT(fp32, args.threads)),
-                   ("torch", lambda: TorchHF(source, args.threads))]
-    results = {}
-    for key, make in contenders:
-        if key in args.skip:
-            continue
-        contender = make()
-        try:
-            results[contender.name] = measure(contender, all_prompts, args.tokens, args.repeat)
-        finally:
-            contender.close()
 
-    print(f"SmolLM-135M shape, random weights; {PROMPT_TOKENS}-token prompts, {args.tokens} greedy tokens, "
-          f"{args.threads} threads, median (min-max) of {args.repeat} runs")
-    print(f"read bandwidth {bandwidth:.1f} GB/s; weights read per decode step: "
-          + ", ".join(f"{recipe} {w / 1e6:.1f} MB (roofline {bandwidth * 1e9 / w:.0f} steps/s)" for recipe, w in weights.items()))
-    header = f"{'contender':36} {'TTFT ms':>9} {'b1 decode tok/s':>22}" + "".join(f" {'agg tok/s @' + str(n):>22}" for n in CONCURRENCY)
+def contenders(args, packages: dict, source, fp32) -> list:
+    rows = max(args.concurrency)
+    made = []
+    for package in packages.values():
+        made.append(("ours", lambda package=package: OurEngine(package, args.threads, rows, args.provider,
+                                                               args.cuda_graph)))
+        if args.baseline:
+            made.append(("ours", lambda package=package: OurEngine(
+                package, args.threads, rows, args.provider, args.cuda_graph, baseline_runner(args.baseline),
+                f" (runner of {args.baseline})")))
+        made.append(("genai", lambda package=package: GenAI(package, args.threads, args.work)))
+    if fp32 is not None:
+        made += [("optimum", lambda: OptimumORT(fp32, args.threads)), ("torch", lambda: TorchHF(source, args.threads))]
+    return [(key, make) for key, make in made if key not in args.skip]
+
+
+def summary(figures: dict) -> dict:
+    """The figures `make gpu-check` prints, for one contender."""
+    def median(n, index):
+        return statistics.median(r[index] for r in figures[n]) if n in figures else None
+    ttft = median(1, 0)
+    return {"decode_tokens_per_s_batch1": median(1, 1), "ttft_ms_batch1": ttft and ttft * 1e3,
+            "aggregate_tokens_per_s_8": median(8, 2),
+            "aggregate_tokens_per_s": {str(n): median(n, 2) for n in figures}}
+
+
+def print_table(args, results: dict) -> None:
+    header = f"{'contender':52} {'TTFT ms':>9} {'b1 decode tok/s':>22}"
+    header += "".join(f" {'agg tok/s @' + str(n):>22}" for n in args.concurrency)
     print(header)
     for name, figures in results.items():
         b1 = figures[1]
-        row = f"{name:36} {statistics.median(r[0] for r in b1) * 1e3:9.1f} {spread([r[1] for r in b1]):>22}"
-        row += "".join(f" {spread([r[2] for r in figures[n]]):>22}" for n in CONCURRENCY)
+        row = f"{name:52} {statistics.median(r[0] for r in b1) * 1e3:9.1f} {spread([r[1] for r in b1]):>22}"
+        row += "".join(f" {spread([r[2] for r in figures[n]]):>22}" for n in args.concurrency)
         print(row)
-    best_genai_b1 = max((statistics.median(r[1] for r in f[1]) for n, f in results.items() if n.startswith("onnxruntime-genai")), default=None)
-    best_genai_8 = max((statistics.median(r[2] for r in f[8]) for n, f in results.items() if n.startswith("onnxruntime-genai")), default=None)
-    for recipe in int4:
-        ours = results.get(f"appliance engine {recipe}")
-        if not ours:
+
+
+def print_ratios(args, results: dict, packages: dict, weights: dict, bandwidth) -> None:
+    def best(n, index):
+        return max((statistics.median(r[index] for r in f[n]) for name, f in results.items()
+                    if name.startswith("onnxruntime-genai") and n in f), default=None)
+    best_b1, best_8 = best(1, 1), best(8, 2)
+    for name, figures in results.items():
+        package = next((p for p in packages if name.startswith(f"appliance engine {p}")), None)
+        if package is None:
             continue
-        b1 = statistics.median(r[1] for r in ours[1])
-        agg8 = statistics.median(r[2] for r in ours[8])
-        line = (f"{recipe}: roofline fraction at batch 1 {b1 * weights[recipe] / (bandwidth * 1e9):.2f}; "
-                f"aggregate @8 / own batch-1 {agg8 / b1:.2f}")
-        if best_genai_b1:
-            line += f"; batch-1 / genai's best {b1 / best_genai_b1:.2f}; aggregate @8 / genai's best @8 {agg8 / best_genai_8:.2f}"
-        print(line)
-    return 0
+        b1 = statistics.median(r[1] for r in figures[1])
+        line = f"{name}:"
+        if package in weights:
+            line += f" roofline fraction at batch 1 {b1 * weights[package] / (bandwidth * 1e9):.2f};"
+        if 8 in figures:
+            agg8 = statistics.median(r[2] for r in figures[8])
+            line += f" aggregate @8 / own batch-1 {agg8 / b1:.2f};"
+            if best_8:
+                line += f" aggregate @8 / genai's best @8 {agg8 / best_8:.2f};"
+        if best_b1:
+            line += f" batch-1 / genai's best {b1 / best_b1:.2f}"
+        print(line.rstrip(";"))
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.package:
+        from appliance.model_package import open_package
+
+        packages, source, fp32 = {p.name: p for p in args.package}, None, None
+        vocab = min(open_package(p).vocab_size for p in args.package)
+    else:
+        source, packages, fp32 = prepare(args.work)
+        vocab = 32000
+    all_prompts = prompts(vocab, max(args.concurrency))
+    on_cpu = args.provider == "cpu"
+    bandwidth = read_bandwidth_gbs() if on_cpu else None
+    weights = {name: step_weight_bytes(path) for name, path in packages.items()} if on_cpu else {}
+
+    results = {}
+    for key, make in contenders(args, packages, source, fp32):
+        try:
+            contender = make()
+        except Exception as exc:  # a contender this host cannot run (no genai build for the provider ...)
+            print(f"not measured: {key}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
+            continue
+        try:
+            results[contender.name] = measure(contender, all_prompts, args.tokens, args.repeat, args.concurrency)
+        finally:
+            contender.close()
+
+    print(f"{', '.join(packages)} on {args.provider}; {PROMPT_TOKENS}-token prompts, {args.tokens} greedy tokens, "
+          f"{args.threads} threads, median (min-max) of {args.repeat} runs")
+    if on_cpu:
+        print(f"read bandwidth {bandwidth:.1f} GB/s; weights read per decode step: "
+              + ", ".join(f"{name} {w / 1e6:.1f} MB (roofline {bandwidth * 1e9 / w:.0f} steps/s)"
+                          for name, w in weights.items()))
+    print_table(args, results)
+    print_ratios(args, results, packages, weights, bandwidth)
+    if args.json:
+        per_contender = {name: summary(figures) for name, figures in results.items()}
+        first = next(iter(per_contender.values()), {})
+        args.json.write_text(json.dumps({**first, "provider": args.provider, "cuda_graph": args.cuda_graph,
+                                         "contenders": per_contender}, indent=1))
+    return 0 if results else 1
 
 
 if __name__ == "__main__":
