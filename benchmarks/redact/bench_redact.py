@@ -23,6 +23,7 @@ machines are noisy, so compare figures within one run.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.redact import Redactor  # noqa: E402
 from appliance.redact.detectors import clear_validation_caches  # noqa: E402
 from appliance.redact.ner import NER_LANGUAGES, load_ner  # noqa: E402
+
+NAMES_SET = Path(__file__).resolve().parents[2] / "tests/appliance/redact/data/names_set.jsonl"
 
 EN_WORDS = ("the order arrived late and I would like a refund for the second item please check my account "
             "thanks for your help can you tell me when the package will ship it was charged twice yesterday "
@@ -122,10 +125,13 @@ def main() -> int:
     if ner is None:
         print(f"NER on: no backend installed ({'; '.join(missing.values())})")
         return 0
-    for label, redactor in (("NER off", Redactor()), (f"NER on ({', '.join(sorted(set(NER_LANGUAGES) - set(missing)))})",
-                                                       Redactor(ner=ner))):
+    on = f"NER on ({', '.join(sorted(set(NER_LANGUAGES) - set(missing)))})"
+    names = [json.loads(line)["text"] for line in NAMES_SET.read_text(encoding="utf-8").splitlines()]
+    for label, redactor in (("NER off", Redactor()), (on, Redactor(ner=ner))):
         print(f"{label}, the smaller corpus")
         measure(redactor, chat_corpus(args.ner_megabytes), args)
+        print(f"{label}, support messages full of names and addresses ({NAMES_SET.name}, 5 times)")
+        measure(redactor, names * 5, args)
     return 0
 
 

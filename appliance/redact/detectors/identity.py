@@ -80,12 +80,12 @@ _ZH_TRIGGERS = ("我的名字是", "我的名字叫", "名字是", "名字叫", 
                 "联系人", "收件人", "收货人", "持卡人", "户名")
 # The most common surnames (single and compound). Characters that are also everyday words
 # (和, 时, 明, 文, 安 ...) are left out: after 他叫 they are far more often a verb's object.
-_SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任"
+ZH_SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任"
              "沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔"
              "汤温康施牛樊葛邢齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿兰焦俞左柳甘祝包宁尚符舒阮柯纪梅童凌毕季裴霍"
              "涂苗谷盛曲翁冉骆蓝游辛靳柴蒙鲍喻祁蒲房滕屈饶牟艾尤穆农卓古吉缪简芦麦褚娄窦戚岑景党宫费卜冷晏席卫"
              "米柏宗瞿桂佟臧闵苟邬卞姬仇栾隋刁沙荣巫寇桑郎甄丛仲虞敖巩佘苑迟邝")
-_COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
+ZH_COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
                       "司徒", "夏侯", "轩辕", "令狐", "端木", "独孤", "南宫", "西门")
 # What ends a name: words that typically follow one (titles, "phone", "order" ...), and single
 # characters that are particles or verbs. Words are matched whole, so 小 in 王小明 is part of the
@@ -95,7 +95,7 @@ _NAME_STOP_WORDS = ("先生", "女士", "小姐", "老师", "经理", "电话", 
 _NAME_STOPS = "的是了在和与及或岁住从也都就要会想请我你他她们吗呢吧啊呀哦嗯说叫有没不很这那个去到给把被让对卡问谢"
 
 _EN_NAME = r"[A-Z][a-z]{1,20}(?:[ \-][A-Z][a-z]{1,20}){0,2}(?![A-Za-z])"
-_ZH_NAME = (rf"(?:{'|'.join(_COMPOUND_SURNAMES)}|[{_SURNAMES}])"
+_ZH_NAME = (rf"(?:{'|'.join(ZH_COMPOUND_SURNAMES)}|[{ZH_SURNAMES}])"
             rf"(?:(?!{'|'.join(_NAME_STOP_WORDS)})(?![{_NAME_STOPS}])[\u4e00-\u9fff]){{1,2}}")
 
 
