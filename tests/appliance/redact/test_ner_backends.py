@@ -125,3 +125,11 @@ def test_the_hold_back_is_one_segment_at_most(with_ner):
     for i in range(0, len(text), 4):
         stream.feed(text[i:i + 4])
         assert stream.held_back <= with_ner.max_holdback
+
+
+def test_entity_types_choose_among_ner_types_too():
+    from appliance.redact import RedactorSettings
+
+    only_addresses = Redactor(RedactorSettings(entity_types=("LOCATION",)), ner=ner)
+    text = "Sarah Miller, 13800138000, ship to 42 Oak Avenue, Austin, TX 78701"
+    assert only_addresses.redact(text).text == "Sarah Miller, 13800138000, ship to [LOCATION]"
