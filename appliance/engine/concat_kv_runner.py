@@ -2,8 +2,9 @@
 
 Such graphs take `past_key_values.L.*` of length P and return `present.L.*` of length P + S, so
 the cache cannot be preallocated and shared, and rows of different lengths cannot share a call
-without padding the graph does not expect. Each slot keeps its own presents as OrtValues (bound
-as the next step's pasts, never copied through numpy) and decodes in its own call.
+without padding the graph does not expect. Each slot keeps its own presents as OrtValues that ORT
+allocates on the session's device (bound as the next step's pasts, never copied to the host) and
+decodes in its own call; only the logits come back to the host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from appliance.engine.device_buffers import session_device
 from appliance.engine.package_session import open_package_session
 from appliance.engine.providers import RuntimeOptions
 from appliance.model_package import Manifest
@@ -29,6 +31,7 @@ class ConcatKVRunner:
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
+        self._device = session_device(self.session)  # where the presents stay
         self._takes_positions = "position_ids" in {i.name for i in self.session.get_inputs()}
         self._kv_dtype = np.dtype(self.layout.dtype)
         self._past: dict[int, list[ort.OrtValue]] = {}
@@ -57,7 +60,7 @@ class ConcatKVRunner:
         binding.bind_output("logits", "cpu")
         for index, (past_name, present_name) in enumerate(self._kv_names()):
             binding.bind_ortvalue_input(past_name, self._past[slot][index])
-            binding.bind_output(present_name, "cpu")
+            binding.bind_output(present_name, *self._device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         self._past[slot] = list(outputs[1:])  # presents, in bind order, become the next pasts
@@ -67,7 +70,8 @@ class ConcatKVRunner:
         if start == 0:
             layout = self.layout
             empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), self._kv_dtype)  # [1, H, 0, D]
-            self._past[slot] = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * layout.num_layers)]
+            self._past[slot] = [ort.OrtValue.ortvalue_from_numpy(empty, *self._device)
+                                for _ in range(2 * layout.num_layers)]
         return self._run(slot, list(token_ids), start)
 
     def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -177,13 +177,8 @@ _CUDART_NAMES = ("libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "lib
 
 
 def _cudart() -> ctypes.CDLL:
-    """The CUDA runtime that onnxruntime-gpu's CUDA provider already loaded (or would load)."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:  # loads the pip nvidia-* wheels' libraries, where those are used
-        try:
-            preload(cuda=True, cudnn=False, msvc=False)
-        except Exception:  # the system's CUDA may serve instead; the search below says if not
-            pass
+    """The CUDA runtime that onnxruntime-gpu's CUDA provider has loaded: a session on CUDA exists by
+    now, and loading a library by the name it is already loaded under returns that one."""
     for name in _CUDART_NAMES:
         try:
             library = ctypes.CDLL(name)
@@ -201,10 +196,16 @@ def _cudart() -> ctypes.CDLL:
     return library
 
 
-def device_for(session: ort.InferenceSession) -> CpuDevice:
-    """The device the session's first provider computes on (TensorRT's memory is CUDA memory)."""
+def session_device(session: ort.InferenceSession) -> tuple[str, int]:
+    """(ORT device type, device id) the session's first provider computes on (TensorRT's memory is
+    CUDA memory)."""
     provider = session.get_providers()[0]
     if provider not in GPU_PROVIDERS:
-        return CpuDevice()
+        return "cpu", 0
     options: Optional[dict] = session.get_provider_options().get(provider)
-    return CudaDevice(int((options or {}).get("device_id", 0)))
+    return "cuda", int((options or {}).get("device_id", 0))
+
+
+def device_for(session: ort.InferenceSession) -> CpuDevice:
+    kind, device_id = session_device(session)
+    return CudaDevice(device_id) if kind == "cuda" else CpuDevice()
