@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from appliance.engine.detokenizer import IncrementalDetokenizer
 from appliance.engine.request import FINISH_REASONS, Emit, GenerationRequest, RequestStatus, TokenEvent
 from appliance.engine.sampling import Choice, SamplingParams, TokenChooser
-from appliance.engine.scheduler import Batch, Scheduler, SchedulerConfig
+from appliance.engine.scheduler import Batch, MoveRow, RowOp, Scheduler, SchedulerConfig
 from appliance.engine.stop import StopStrings
 from appliance.errors import Draining, InvalidRequest, QueueFull
 
@@ -53,7 +53,7 @@ class Runner(Protocol):
 
 
 @dataclass
-class _Stream:
+class RequestStream:
     """Per-request output state: sampling, detokenizing, stop strings."""
 
     chooser: TokenChooser
@@ -97,7 +97,7 @@ class GenerationEngine:
         self.config = config or SchedulerConfig(max_batch=runner.max_batch)
         if self.config.max_batch > runner.max_batch:
             raise ValueError("scheduler max_batch exceeds the runner's KV rows")
-        self.scheduler = Scheduler(self.config, runner.move, runner.release)
+        self.scheduler = Scheduler(self.config)
         self._inbox: queue.SimpleQueue[Optional[GenerationRequest]] = queue.SimpleQueue()
         self._admitted = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
@@ -203,7 +203,7 @@ class GenerationEngine:
             pass
 
     def _start(self, request: GenerationRequest) -> None:
-        request.state = _Stream(TokenChooser(request.params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+        request.state = RequestStream(TokenChooser(request.params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                 StopStrings(request.params.stop))
         self.scheduler.add(request)
 
@@ -232,7 +232,7 @@ class GenerationEngine:
             tokens = np.fromiter((r.output_ids[-1] for r in batch.decode), np.int64, len(batch.decode))
             lengths = np.fromiter((r.cached_tokens for r in batch.decode), np.int64, len(batch.decode))
             decode_logits = self.runner.decode(tokens, lengths)  # [n, vocab]
-        self.scheduler.commit(batch)
+        self._apply(self.scheduler.commit(batch))
         self._step_events = {}
         try:
             self._update(batch, prompt_logits, decode_logits)
@@ -254,6 +254,14 @@ class GenerationEngine:
         # cached positions, which count the token this step just wrote for it.
         for request, choice in picked:
             self._accept(request, choice)
+
+    def _apply(self, ops: list[RowOp]) -> None:
+        """Carries out the scheduler's row moves and releases on the runner, in order."""
+        for op in ops:
+            if isinstance(op, MoveRow):
+                self.runner.move(op.src, op.dst, op.length)
+            else:
+                self.runner.release(op.row)
 
     def _blocked(self, request: GenerationRequest) -> tuple[int, ...]:
         """Tokens that would end the request before it has min_tokens."""
@@ -282,8 +290,8 @@ class GenerationEngine:
 
     def _finish(self, request: GenerationRequest, status: RequestStatus, last_ids: tuple[int, ...] = (),
                 logprobs=(), text: str = "", flush: bool = False) -> None:
-        self.scheduler.finish(request, status)
-        stream: Optional[_Stream] = request.state
+        self._apply(self.scheduler.finish(request, status))
+        stream = request.state
         if stream is not None and (flush or status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_DEADLINE)):
             text += stream.stops.push(stream.detok.flush())[0] + stream.stops.flush()
         self._emit(request, TokenEvent(last_ids, text, finish_reason=FINISH_REASONS[status],
@@ -315,7 +323,7 @@ class GenerationEngine:
     def _fail_all(self, exc: Exception) -> None:
         s = self.scheduler
         for request in s.requests():
-            s.finish(request, RequestStatus.FINISHED_ERROR)
+            self._apply(s.finish(request, RequestStatus.FINISHED_ERROR))
             self._emit(request, TokenEvent((), "", finish_reason=FINISH_REASONS[RequestStatus.FINISHED_ERROR], error=exc))
             with self._lock:
                 self._admitted -= 1

@@ -6,10 +6,13 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from appliance import finish_reasons
 from appliance.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from appliance.engine.engine import RequestStream
 
 
 class RequestStatus(enum.IntEnum):
@@ -91,7 +94,7 @@ class GenerationRequest:
     # Engine-side state (row in the KV buffer, prompt tokens prefilled, chooser, text stream).
     row: int = -1
     prefilled: int = 0
-    state: Any = None
+    state: Optional[RequestStream] = None  # set when the engine starts the request
 
     def cancel(self) -> None:
         """Thread-safe; the engine frees the request's slot before its next step."""

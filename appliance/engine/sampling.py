@@ -96,7 +96,6 @@ class TokenChooser:
     """Picks the next token for one request; keeps what the penalties need."""
 
     params: SamplingParams
-    vocab_size: Optional[int] = None
     _counts: dict[int, int] = field(default_factory=dict)
     _rng: np.random.Generator = field(init=False)
 
@@ -125,11 +124,6 @@ class TokenChooser:
         if params.logprobs is None:
             return Choice(token)
         return self._with_logprobs(logits, token)
-
-    def observe(self, token: int) -> None:
-        """Counts a token picked elsewhere (the vectorised greedy path)."""
-        if self.params.penalised:
-            self._counts[token] = self._counts.get(token, 0) + 1
 
     def _penalise(self, scores: np.ndarray) -> None:
         params = self.params

@@ -4,19 +4,36 @@ The scheduler owns the queue and the row layout and never touches ONNX Runtime (
 with fake runners). Invariant between steps: rows 0..r-1 hold RUNNING requests (the decode
 batch), and at most one PREFILLING request holds row r, part of its prompt written. A finished
 or cancelled request's row is filled by moving the last running row into it, so the batch stays
-contiguous; a prefilling row then slides down behind the running ones.
+contiguous; a prefilling row then slides down behind the running ones. The scheduler only plans
+those row operations: `finish` and `commit` return them, and the engine applies them to the runner.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional, Union
 
 from appliance.engine.request import GenerationRequest, RequestStatus
 
-Move = Callable[[int, int, int], None]  # (src_row, dst_row, cached_positions)
-Release = Callable[[int], None]  # (row) the row no request holds any more
+
+@dataclass(frozen=True)
+class MoveRow:
+    """Copy a row's first `length` cached positions into another row (the source is then free)."""
+
+    src: int
+    dst: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """A row no request holds any more."""
+
+    row: int
+
+
+RowOp = Union[MoveRow, ReleaseRow]  # applied in order
 
 
 @dataclass(frozen=True)
@@ -53,10 +70,8 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, move: Move, release: Release = lambda row: None):
+    def __init__(self, config: SchedulerConfig):
         self.config = config
-        self._move = move
-        self._release = release
         self.waiting: deque[GenerationRequest] = deque()
         self.running: list[GenerationRequest] = []  # index == row
         self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
@@ -110,8 +125,9 @@ class Scheduler:
             self.waiting.popleft()
         return self.waiting[0] if self.waiting else None
 
-    def commit(self, batch: Batch) -> None:
-        """After the step ran: record prefill progress, promote completed prompts to running."""
+    def commit(self, batch: Batch) -> list[RowOp]:
+        """After the step ran: record prefill progress, promote completed prompts to running;
+        returns the row moves that keep the prefilling row behind the running ones."""
         for chunk in batch.prefills:
             chunk.request.prefilled = chunk.start + len(chunk.tokens)
         for request in self._pending_running:
@@ -119,7 +135,8 @@ class Scheduler:
             self.running.append(request)
         self._pending_running = []
         if self.prefilling is not None and self.prefilling.row != len(self.running):
-            self._relocate(self.prefilling, len(self.running))
+            return [self._relocate(self.prefilling, len(self.running))]
+        return []
 
     def requests(self) -> list[GenerationRequest]:
         """Every request held: running, prefilling, completing its prompt in the step now running
@@ -127,8 +144,10 @@ class Scheduler:
         prefilling = [self.prefilling] if self.prefilling is not None else []
         return [*self.running, *prefilling, *self._pending_running, *self.waiting]
 
-    def finish(self, request: GenerationRequest, status: RequestStatus) -> None:
-        """Frees a request's row (compacting the batch) or drops it from the queue."""
+    def finish(self, request: GenerationRequest, status: RequestStatus) -> list[RowOp]:
+        """Frees a request's row (compacting the batch) or drops it from the queue; returns the
+        row operations that compaction takes."""
+        ops: list[RowOp] = []
         request.status = status
         if request in self._pending_running:  # its step failed before commit
             self._pending_running.remove(request)
@@ -141,11 +160,11 @@ class Scheduler:
             row = request.row
             last = len(self.running) - 1
             if row != last:
-                self._relocate(self.running[last], row)
+                ops.append(self._relocate(self.running[last], row))
                 self.running[row] = self.running[last]
             self.running.pop()
             if self.prefilling is not None:
-                self._relocate(self.prefilling, len(self.running))
+                ops.append(self._relocate(self.prefilling, len(self.running)))
         else:
             try:
                 self.waiting.remove(request)
@@ -153,8 +172,10 @@ class Scheduler:
                 pass
         request.row = -1
         if had_row:
-            self._release(highest_row)
+            ops.append(ReleaseRow(highest_row))
+        return ops
 
-    def _relocate(self, request: GenerationRequest, row: int) -> None:
-        self._move(request.row, row, request.cached_tokens)
+    def _relocate(self, request: GenerationRequest, row: int) -> MoveRow:
+        move = MoveRow(request.row, row, request.cached_tokens)
         request.row = row
+        return move

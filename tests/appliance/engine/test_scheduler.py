@@ -2,7 +2,7 @@
 
 from appliance.engine.request import GenerationRequest, RequestStatus
 from appliance.engine.sampling import SamplingParams
-from appliance.engine.scheduler import Scheduler, SchedulerConfig
+from appliance.engine.scheduler import MoveRow, ReleaseRow, Scheduler, SchedulerConfig
 
 
 def request(name, prompt_len):
@@ -21,8 +21,7 @@ def run_step(scheduler):
 
 
 def test_budget_limits_prefill_and_a_long_prompt_is_chunked():
-    moves = []
-    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=10, prefill_chunk=6), lambda *m: moves.append(m))
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=10, prefill_chunk=6))
     long, short = request("long", 14), request("short", 3)
     scheduler.add(long)
     scheduler.add(short)
@@ -40,33 +39,31 @@ def test_budget_limits_prefill_and_a_long_prompt_is_chunked():
 
 
 def test_finishing_a_middle_row_moves_the_last_row_into_it():
-    moves = []
-    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64), lambda *m: moves.append(m))
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64))
     requests = [request(str(i), 2) for i in range(3)]
     for r in requests:
         scheduler.add(r)
     run_step(scheduler)
     run_step(scheduler)
     assert [r.row for r in requests] == [0, 1, 2]
-    scheduler.finish(requests[0], RequestStatus.FINISHED_CANCELLED)
-    assert moves == [(2, 0, requests[2].cached_tokens)]
+    plan = scheduler.finish(requests[0], RequestStatus.FINISHED_CANCELLED)
+    assert plan == [MoveRow(2, 0, requests[2].cached_tokens), ReleaseRow(2)]
     assert scheduler.running == [requests[2], requests[1]] and requests[2].row == 0 and requests[0].row == -1
 
 
 def test_a_prefilling_row_slides_down_behind_the_running_ones():
-    moves = []
-    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=8, prefill_chunk=4), lambda *m: moves.append(m))
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=8, prefill_chunk=4))
     a, b = request("a", 2), request("b", 20)
     scheduler.add(a)
     scheduler.add(b)
     run_step(scheduler)
     assert scheduler.running == [a] and scheduler.prefilling is b and b.row == 1
-    scheduler.finish(a, RequestStatus.FINISHED_STOPPED)
-    assert moves == [(1, 0, b.prefilled)] and b.row == 0
+    plan = scheduler.finish(a, RequestStatus.FINISHED_STOPPED)
+    assert plan == [MoveRow(1, 0, b.prefilled), ReleaseRow(1)] and b.row == 0
 
 
 def test_no_more_rows_than_max_batch():
-    scheduler = Scheduler(SchedulerConfig(max_batch=2, max_step_tokens=100), lambda *m: None)
+    scheduler = Scheduler(SchedulerConfig(max_batch=2, max_step_tokens=100))
     for i in range(5):
         scheduler.add(request(str(i), 2))
     run_step(scheduler)
@@ -85,13 +82,13 @@ def test_a_prompt_is_cut_at_the_same_places_alone_and_beside_others():
     # Kernels round a chunk of S tokens differently from smaller pieces, so cuts shaped by the
     # budget that other requests leave would change a request's tokens when it is batched.
     config = SchedulerConfig(max_batch=4, max_step_tokens=12, prefill_chunk=8)
-    alone = Scheduler(config, lambda *m: None)
+    alone = Scheduler(config)
     target = request("target", 19)
     alone.add(target)
     expected = _cuts(alone, target)
     assert expected == [(0, 8), (8, 8), (16, 3)]
     for others in ([5], [3, 2], [7, 7, 1]):
-        busy = Scheduler(config, lambda *m: None)
+        busy = Scheduler(config)
         for i, length in enumerate(others):
             busy.add(request(f"other{i}", length))
         target = request("target", 19)
@@ -100,7 +97,7 @@ def test_a_prompt_is_cut_at_the_same_places_alone_and_beside_others():
 
 
 def test_the_first_chunk_of_a_step_runs_even_when_decode_rows_use_the_budget():
-    scheduler = Scheduler(SchedulerConfig(max_batch=8, max_step_tokens=16, prefill_chunk=8), lambda *m: None)
+    scheduler = Scheduler(SchedulerConfig(max_batch=8, max_step_tokens=16, prefill_chunk=8))
     for i in range(6):
         scheduler.add(request(str(i), 2))
     run_step(scheduler)
@@ -108,7 +105,7 @@ def test_the_first_chunk_of_a_step_runs_even_when_decode_rows_use_the_budget():
     scheduler.add(late)
     batch = run_step(scheduler)  # 6 decode rows leave 10 tokens: the 8-token chunk fits
     assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(0, 8)]
-    crowded = Scheduler(SchedulerConfig(max_batch=20, max_step_tokens=16, prefill_chunk=8), lambda *m: None)
+    crowded = Scheduler(SchedulerConfig(max_batch=20, max_step_tokens=16, prefill_chunk=8))
     for i in range(16):
         crowded.add(request(str(i), 1))
     for _ in range(4):
@@ -117,3 +114,14 @@ def test_the_first_chunk_of_a_step_runs_even_when_decode_rows_use_the_budget():
     crowded.add(request("late", 12))
     batch = run_step(crowded)  # 16 decode rows leave no budget; one chunk still progresses
     assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(0, 8)]
+
+
+def test_a_waiting_request_leaves_the_queue_with_no_row_operations():
+    scheduler = Scheduler(SchedulerConfig(max_batch=1, max_step_tokens=64))
+    running, waiting = request("running", 2), request("waiting", 2)
+    scheduler.add(running)
+    scheduler.add(waiting)
+    run_step(scheduler)
+    assert scheduler.finish(waiting, RequestStatus.FINISHED_CANCELLED) == []
+    assert scheduler.finish(running, RequestStatus.FINISHED_STOPPED) == [ReleaseRow(0)]
+    assert not scheduler.has_work
