@@ -4,11 +4,12 @@ A detector's matches are defined as `pattern.finditer(normalised_text)`: leftmos
 exactly as Python's `re` finds them. Everything else is an optimisation that must not change that
 set, and tests check that it does not:
 
-* Whole texts are scanned only near *anchors*: cheap patterns every match must touch (an `@` for
-  an email, a run of digits for a card). Python's `re` has no multi-pattern search, and running
-  a dozen full patterns over every character would cost far more than the 20 MB/s budget allows.
-* Streams scan only the window that can still change (see stream.py), using `bounds` and
-  `open_tail` derived from the pattern (see regex_analysis.py).
+* Complete text (a whole text, or what a stream still holds when it is closed) is scanned only
+  near *anchors*: cheap patterns every match must touch (an `@` for an email, a run of digits
+  for a card). Python's `re` has no multi-pattern search, and running a dozen full patterns over
+  every character would cost far more than the 20 MB/s budget allows.
+* While a stream is open, each feed scans only the window that can no longer change (see
+  stream.py), using `bounds` and `open_tail` derived from the pattern (see regex_analysis.py).
 
 The validator turns a candidate match into the entity span (or None): checksums, calendars and
 numbering plans live there, in the well-kept libraries, not in the regex. It must depend on the
@@ -100,8 +101,8 @@ class PatternDetector:
         """The entity a candidate stands for, in the match's string coordinates, or None."""
         return self._validate(match) if self._validate is not None else match.span()
 
-    def find(self, text: str, index: AnchorIndex | None = None) -> list[re.Match]:
-        """The same matches as `self.pattern.finditer(text)`, visiting only anchored windows."""
+    def find(self, text: str, index: AnchorIndex | None = None, start: int = 0) -> list[re.Match]:
+        """The same matches as `self.pattern.finditer(text, start)`, visiting only anchored windows."""
         index = index or AnchorIndex(text)
         min_length = self.bounds.min_length
         windows: list[tuple[int, int, bool]] = []
@@ -118,7 +119,7 @@ class PatternDetector:
         size, lookahead, reach = len(text), self.bounds.lookahead, self.reach
         pattern = self.pattern
         matches: list[re.Match] = []
-        resume = 0  # finditer's position: starts before it are settled
+        resume = start  # finditer's position: starts before it are settled
         for low, high, encloses in windows:
             if low < resume:
                 low = resume
@@ -134,16 +135,16 @@ class PatternDetector:
             else:
                 # A few start positions before an anchor: try each. (A search would run on to the
                 # full reach after the last of them, quadratic where anchors are dense.)
-                start = low
-                while start < high:
-                    # An attempt at `start` reads nothing beyond start + reach, so cutting the
-                    # string there changes nothing.
-                    match = pattern.match(text, start, min(size, start + reach))
+                at = low
+                while at < high:
+                    # An attempt at `at` reads nothing beyond at + reach, so cutting the string
+                    # there changes nothing.
+                    match = pattern.match(text, at, min(size, at + reach))
                     if match is None:
-                        start += 1
+                        at += 1
                         continue
                     matches.append(match)
-                    start = resume = match.end()
+                    at = resume = match.end()
             if resume < high:
                 resume = high
         return matches

@@ -6,7 +6,8 @@
     out = stream.feed("mail me at a@") + stream.feed("b.com") + stream.close()   # the same text
 
 One Redactor is built per configuration (it compiles the detectors) and shared by requests;
-each `redact` call or `stream()` is one request, with its own vault and audit collector.
+each `redact` call or `stream()` is one request, with its own vault and audit collector. A
+`redact` call is a stream given the whole text at its close (stream.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from appliance.redact.anchored import AnchoredScan
 from appliance.redact.audit import AuditCollector
-from appliance.redact.detector import AnchorIndex, PatternDetector
+from appliance.redact.detector import PatternDetector
 from appliance.redact.detectors import PATTERN_TYPES, default_detectors
-from appliance.redact.detectors.numbers import NUMBER_RUN
-from appliance.redact.ner import NER_TYPES, CombinedNer, NerDetector, scan_segments
-from appliance.redact.normalize import normalize
+from appliance.redact.ner import NER_TYPES, CombinedNer, NerDetector
 from appliance.redact.operators import OPERATOR_NAMES, Operator, make_operator
-from appliance.redact.spans import Entity, resolve_overlaps
+from appliance.redact.spans import Entity
 from appliance.redact.stream import RedactionStream
 from appliance.redact.vault import PseudonymVault
 
@@ -71,11 +71,7 @@ class Redactor:
         if ner is not None and types is not None:
             ner = CombinedNer([ner], ner.max_chars, entity_types=types)
         self.ner = ner
-        # Per detector: the hints of its anchors when every anchor has one (else None), and
-        # whether its only anchor is the shared run of digits.
-        self._plan = [(d, tuple(a.hint for a in d.anchors) if all(a.hint for a in d.anchors) else None,
-                       d.anchors == (NUMBER_RUN,))
-                      for d in self.detectors if d.score >= self.config.min_score]
+        self._scan = AnchoredScan(tuple(d for d in self.detectors if d.score >= self.config.min_score))
 
     @property
     def max_holdback(self) -> int:
@@ -86,52 +82,22 @@ class Redactor:
 
     def detect(self, text: str) -> list[Entity]:
         """The entities `redact` would replace, sorted by start."""
-        return resolve_overlaps(self._candidates(text))
+        return list(self.redact(text, operator="replace").entities)
 
     def redact(self, text: str, *, operator: str | Operator | None = None, vault: PseudonymVault | None = None,
                audit: AuditCollector | None = None) -> RedactionResult:
-        render, vault = self._renderer(operator, vault, audit)
-        entities = self.detect(text)
-        pieces, cursor = [], 0
-        for entity in entities:
-            pieces.append(text[cursor:entity.start])
-            pieces.append(render(entity, text[entity.start:entity.end]))
-            cursor = entity.end
-        pieces.append(text[cursor:])
-        return RedactionResult("".join(pieces), tuple(entities), vault)
+        """A stream given the whole text at once: one scanner for both, so they cannot disagree."""
+        stream = self.stream(operator=operator, vault=vault, audit=audit)
+        redacted = stream.close(text)
+        return RedactionResult(redacted, tuple(stream.entities), stream.vault)
 
     def stream(self, *, operator: str | Operator | None = None, vault: PseudonymVault | None = None,
                audit: AuditCollector | None = None) -> RedactionStream:
         render, vault = self._renderer(operator, vault, audit)
-        return RedactionStream(self.detectors, render, ner=self.ner, min_score=self.config.min_score, vault=vault)
+        return RedactionStream(self.detectors, render, ner=self.ner, min_score=self.config.min_score, vault=vault,
+                               scan=self._scan)
 
     # ---------------------------------------------------------------------------------------------
-
-    def _candidates(self, text: str) -> list[Entity]:
-        norm = normalize(text)
-        index = AnchorIndex(norm)
-        found = []
-        longest_run = None
-        for detector, hints, enclosed in self._plan:
-            if hints is not None:
-                for hint in hints:
-                    if hint in norm:
-                        break
-                else:
-                    continue  # none of its anchors occurs: the common case, decided at C speed
-            elif enclosed:
-                if longest_run is None:
-                    longest_run = max((end - start for start, end in index.occurrences(NUMBER_RUN)), default=0)
-                if longest_run < detector.bounds.min_length:
-                    continue  # every digit run is shorter than its shortest match
-            for match in detector.find(norm, index):
-                span = detector.span(match)
-                if span is not None:
-                    found.append(Entity(detector.entity_type, span[0], span[1], detector.score))
-        if self.ner is not None:
-            entities, _end = scan_segments(self.ner, text, 0, len(text), final=True)
-            found.extend(e for e in entities if e.score >= self.config.min_score)
-        return found
 
     def _renderer(self, operator, vault, audit):
         operator = operator or self.config.operator

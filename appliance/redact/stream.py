@@ -1,7 +1,14 @@
 """Redaction of a token stream, equal to redacting the whole text at once.
 
 Invariant: for any split of a text into chunks, the concatenated `feed()` outputs plus `close()`
-equal `Redactor.redact(text).text`. The stream holds back only what could still change:
+equal `Redactor.redact(text).text`. It holds by construction for everything but the search
+itself: whole-text redaction is this stream given all its text at `close()`, so overlap rules,
+NER segments and rendering are one code path. What differs is how matches are enumerated: a
+feed searches each detector's pattern from its position up to what is settled (below); a close
+finds the rest through the anchors (anchored.py), fast on whole texts. Both give
+`pattern.finditer`'s matches, which the streaming tests check for any split.
+
+The stream holds back only what could still change:
 
 1. Per detector, a scan position `pos`: every start before it is settled. An attempt starting at
    t is settled once the text up to t + reach is known (reach = longest match + lookahead, from
@@ -21,7 +28,7 @@ email 641, phone 76 (with an extension), an AWS secret key 126, person 80, a bea
 4110, a PEM block 8343 characters.
 
 Each feed scans only from each detector's `pos`, so the work per chunk does not grow with the
-length of the stream. Chunks may be bytes (UTF-8, split anywhere, even inside a character).
+length of the stream. With NER, the stream also holds back the open segment (ner.py). Chunks may be bytes (UTF-8, split anywhere, even inside a character).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import codecs
 from typing import Callable, Sequence
 
+from appliance.redact.anchored import AnchoredScan
 from appliance.redact.detector import PatternDetector
 from appliance.redact.ner import NerDetector, scan_segments
 from appliance.redact.normalize import normalize
@@ -41,14 +49,17 @@ _TRIM_AT = 2048  # drop consumed text once this much has piled up (amortises the
 
 class RedactionStream:
     def __init__(self, detectors: Sequence[PatternDetector], render: Render, *, ner: NerDetector | None = None,
-                 min_score: float = 0.0, vault=None):
-        self._detectors = tuple(detectors)
+                 min_score: float = 0.0, vault=None, scan: AnchoredScan | None = None):
+        """`scan`: the AnchoredScan of the detectors scoring at least `min_score`, when the caller
+        has one (a Redactor builds it once for all its streams)."""
+        self._anchored = scan or AnchoredScan([d for d in detectors if d.score >= min_score])
+        self._detectors = self._anchored.detectors
         self._render = render
         self._ner = ner
         self._min_score = min_score
         self.vault = vault  # the pseudonym vault, when the operator pseudonymises
         self.entities: list[Entity] = []  # emitted entities, offsets into the whole streamed text
-        self._context = max((d.bounds.lookbehind for d in self._detectors), default=0)
+        self._context = self._anchored.context
         self._positions = [0] * len(self._detectors)
         self._ner_pos = 0
         self._orig = ""  # original text from global offset _base on
@@ -69,20 +80,18 @@ class RedactionStream:
     def feed(self, chunk: str | bytes) -> str:
         if self._closed:
             raise RuntimeError("feed() after close()")
-        if isinstance(chunk, (bytes, bytearray)):
-            if self._decoder is None:
-                self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            chunk = self._decoder.decode(bytes(chunk))
-        elif self._decoder is not None and self._decoder.getstate()[0]:
-            raise ValueError("a str chunk arrived while a UTF-8 character was incomplete")
-        if not chunk:
+        if not self._take(chunk):
             return ""
-        self._append(chunk)
         return self._emit(self._scan(final=False))
 
-    def close(self) -> str:
+    def close(self, last: str | bytes = "") -> str:
+        """Everything still held, redacted, with `last` (a final chunk) added first. Whole-text
+        redaction is `close(text)` on a new stream."""
         if self._closed:
+            if last:
+                raise RuntimeError("close() with text after close()")
             return ""
+        self._take(last)
         if self._decoder is not None:
             rest = self._decoder.decode(b"", final=True)
             if rest:
@@ -91,6 +100,19 @@ class RedactionStream:
         return self._emit(self._scan(final=True))
 
     # --- scanning -----------------------------------------------------------------------------
+
+    def _take(self, chunk: str | bytes) -> bool:
+        """Appends a chunk (UTF-8 bytes are decoded as far as they are complete); False if empty."""
+        if isinstance(chunk, (bytes, bytearray)):
+            if self._decoder is None:
+                self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            chunk = self._decoder.decode(bytes(chunk))
+        elif self._decoder is not None and self._decoder.getstate()[0]:
+            raise ValueError("a str chunk arrived while a UTF-8 character was incomplete")
+        if not chunk:
+            return False
+        self._append(chunk)
+        return True
 
     def _append(self, chunk: str) -> None:
         self._orig += chunk
@@ -105,29 +127,47 @@ class RedactionStream:
 
     def _scan(self, final: bool) -> int:
         """Finds every entity that is now settled; returns the emit frontier."""
-        norm, base, end = self._norm, self._base, self._end
-        pending, positions, min_score = self._pending, self._positions, self._min_score
+        if final:
+            self._scan_rest()
+        else:
+            self._scan_settled()
+        if self._ner is not None:
+            self._scan_ner(final)
+        frontier = min(self._positions, default=self._end)
+        if self._ner is not None:
+            frontier = min(frontier, self._ner_pos)
+        return self._settle(self._end if final else frontier)
+
+    def _scan_settled(self) -> None:
+        """Matches that the text still to come cannot change, searched from each detector's pos."""
+        norm, base, positions = self._norm, self._base, self._positions
         for i, detector in enumerate(self._detectors):
             pos = positions[i]
-            hold = end if final else self._hold(detector, pos)
+            hold = self._hold(detector, pos)
             search = detector.pattern.search
             while pos < hold:
                 match = search(norm, pos - base)
                 if match is None or match.start() + base >= hold:
                     break
-                span = detector.span(match)
-                if span is not None and detector.score >= min_score:
-                    pending.append(Entity(detector.entity_type, span[0] + base, span[1] + base, detector.score))
+                self._found(detector, match)
                 pos = match.end() + base
                 if pos > hold:
                     hold = self._hold(detector, pos)
             positions[i] = hold  # every start before it is settled (and its match, if any, taken)
-        if self._ner is not None:
-            self._scan_ner(final)
-        frontier = min(positions, default=end)
-        if self._ner is not None:
-            frontier = min(frontier, self._ner_pos)
-        return self._settle(end if final else frontier)
+
+    def _scan_rest(self) -> None:
+        """At the end of the text every match is settled: the anchored scan finds them (the same
+        matches as the search above would, which the streaming tests check)."""
+        base = self._base
+        for detector, match in self._anchored.matches(self._norm, [pos - base for pos in self._positions]):
+            self._found(detector, match)
+        self._positions = [self._end] * len(self._detectors)
+
+    def _found(self, detector: PatternDetector, match) -> None:
+        span = detector.span(match)
+        if span is not None:
+            self._pending.append(Entity(detector.entity_type, span[0] + self._base, span[1] + self._base,
+                                        detector.score))
 
     def _scan_ner(self, final: bool) -> None:
         base = self._base

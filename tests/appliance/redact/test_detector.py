@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.redact.detector import AnchorIndex
 from appliance.redact.detectors import default_detectors
@@ -37,3 +38,15 @@ def test_anchored_scan_equals_finditer_on_random_text(text):
     index = AnchorIndex(norm)
     for detector in DETECTORS:
         assert anchored(detector, norm, index) == plain(detector, norm), detector.name
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, data=st.data())
+def test_anchored_scan_from_a_position_equals_finditer_from_it(text, data):
+    # A stream's close scans the rest from each detector's position, lookbehinds reading before it.
+    norm = normalize(text)
+    start = data.draw(st.integers(0, len(norm)))
+    index = AnchorIndex(norm)
+    for detector in DETECTORS:
+        found = [m.span() for m in detector.find(norm, index, start)]
+        assert found == [m.span() for m in detector.pattern.finditer(norm, start)], detector.name

@@ -110,6 +110,17 @@ def test_feeding_after_close_is_an_error(redactor):
     assert stream.close() == ""
     with pytest.raises(RuntimeError):
         stream.feed("more")
+    with pytest.raises(RuntimeError):
+        stream.close("more")
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=chunked())
+def test_a_last_chunk_given_to_close_is_redacted_as_if_fed(redactor, case):
+    text, chunks = case
+    stream = redactor.stream()
+    head = "".join(stream.feed(chunk) for chunk in chunks[:-1])
+    assert head + stream.close(chunks[-1] if chunks else "") == redactor.redact(text).text
 
 
 def test_min_score_applies_to_streams_as_to_whole_texts():
