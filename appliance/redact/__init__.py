@@ -2,8 +2,9 @@
 
 Public API (a contract; extend, never rename):
 
-    from appliance.redact import Redactor
+    from appliance.redact import Redactor, load_ner
     result = Redactor().redact(text)     # result.text; result.entities: .type .start .end .score
+    names = Redactor(ner=load_ner(["zh", "en"])[0])   # also PERSON and LOCATION without triggers
     stream = Redactor().stream()         # stream.feed(chunk) -> str; stream.close() -> str
 
 A request in the daemon, in order:
@@ -24,7 +25,7 @@ chain does too (tests/appliance/redact/test_pipeline.py).
 from appliance.redact.audit import AuditCollector, AuditRecord, audit_record, keyed_hash
 from appliance.redact.detector import Anchor, PatternDetector
 from appliance.redact.detectors import PATTERN_TYPES, default_detectors
-from appliance.redact.ner import NerDetector, NerUnavailable, PresidioNerDetector
+from appliance.redact.ner import NER_LANGUAGES, NerDetector, NerUnavailable, PresidioNerDetector, load_ner
 from appliance.redact.operators import MaskOperator, Operator, PseudonymOperator, ReplaceOperator
 from appliance.redact.redactor import RedactionResult, Redactor, RedactorSettings
 from appliance.redact.spans import Entity, resolve_overlaps
@@ -32,8 +33,8 @@ from appliance.redact.stream import RedactionStream
 from appliance.redact.vault import PseudonymVault, RestoreStream
 
 __all__ = [
-    "Anchor", "AuditCollector", "AuditRecord", "Entity", "MaskOperator", "NerDetector", "NerUnavailable",
-    "Operator", "PATTERN_TYPES", "PatternDetector", "PresidioNerDetector", "PseudonymOperator",
+    "Anchor", "AuditCollector", "AuditRecord", "Entity", "MaskOperator", "NER_LANGUAGES", "NerDetector",
+    "NerUnavailable", "Operator", "PATTERN_TYPES", "PatternDetector", "PresidioNerDetector", "PseudonymOperator",
     "PseudonymVault", "RedactionResult", "RedactionStream", "Redactor", "RedactorSettings", "ReplaceOperator",
-    "RestoreStream", "audit_record", "default_detectors", "keyed_hash", "resolve_overlaps",
+    "RestoreStream", "audit_record", "default_detectors", "keyed_hash", "load_ner", "resolve_overlaps",
 ]

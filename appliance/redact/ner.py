@@ -27,9 +27,9 @@ NER_LANGUAGES = ("zh", "en")
 # inside a Chinese name or address). "." is decided by _ends_sentence.
 _CANDIDATE = re.compile(r"[\n!?。！？；，.]")
 # Words that a "." follows without ending the sentence: titles before a name, street words
-# inside an address, and the like. A single letter ("J. Smith", "U.S.") never ends one either.
+# inside an address, and the like. A single letter ("J. Smith") never ends one either.
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms miss dr prof sr jr st ave rd blvd ln dr ct pl hwy pkwy apt ste no vs etc inc ltd co mt ft "
+    "mr mrs ms miss dr prof sr jr st ave rd blvd ln ct pl hwy pkwy apt ste no vs etc inc ltd co mt ft "
     "jan feb mar apr jun jul aug sep sept oct nov dec e.g i.e".split())
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)\Z")
 

@@ -67,7 +67,8 @@ ADDRESS = re.compile(
     r"(?:[A-Z][a-z'’]+|[0-9]{1,3}(?:st|nd|rd|th))(?:[ ][A-Z][a-z'’]+){0,3}[ ]"
     rf"(?:{_STREET_TYPES})(?![A-Za-z])\.?"
     r"(?:[ ](?:NE|NW|SE|SW|N|S|E|W)(?![A-Za-z]))?"
-    r"(?:,?[ ](?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|Room|Rm)\.?[ ]?#?[ ]?[A-Za-z0-9\-]{1,6}|,?[ ]#[ ]?[A-Za-z0-9\-]{1,6})?"
+    r"(?:,?[ ](?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|Room|Rm)\.?[ ]?#?[ ]?[A-Za-z0-9\-]{1,6}"
+    r"|,?[ ]#[ ]?[A-Za-z0-9\-]{1,6})?"
     rf"(?:,?[ ]{_CITY},?[ ](?:{_STATES})(?:[ ]{_ZIP})?(?![A-Za-z0-9])|,?[ ]{_CITY},?[ ]{_ZIP}(?![0-9])"
     rf"|,?[ ](?:{_STATES})[ ]{_ZIP}(?![0-9])|,?[ ](?:{_CITY}[ ])?{_UK_POSTCODE}(?![A-Za-z0-9]))?"
 )

@@ -28,7 +28,8 @@ email 641, phone 76 (with an extension), an AWS secret key 126, person 80, a bea
 4110, a PEM block 8343 characters.
 
 Each feed scans only from each detector's `pos`, so the work per chunk does not grow with the
-length of the stream. With NER, the stream also holds back the open segment (ner.py). Chunks may be bytes (UTF-8, split anywhere, even inside a character).
+length of the stream. With NER, the stream also holds back the open segment (ner.py). Chunks
+may be bytes (UTF-8, split anywhere, even inside a character).
 """
 
 from __future__ import annotations
