@@ -43,6 +43,7 @@ def _serve(args) -> int:
 
     overrides = {
         "server": {"listen": args.listen, "models": args.models, "grace_period_s": args.grace_period},
+        "http": {"listen": args.http_listen},
         "runtime": {"providers": args.providers.split(",") if args.providers else None,
                     "intra_op_threads": args.threads},
     }
@@ -260,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", type=types.path,
                        help="folder of model packages; each is served under its folder name")
     serve.add_argument("--listen", type=types.text, help="HOST:PORT to listen on")
+    serve.add_argument("--http-listen", type=types.text,
+                       help="HOST:PORT of the OpenAI-compatible HTTP API ([http] listen; off when unset)")
     serve.add_argument("--providers", type=types.text, help="comma-separated execution providers: tensorrt,cuda,cpu")
     serve.add_argument("--threads", type=types.whole_number(0, 65535, "all cores"),
                        help="ONNX Runtime intra-op threads (0: all cores)")

@@ -22,10 +22,12 @@ from grpc_reflection.v1alpha import reflection
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.errors import ApplianceError, ConfigError, Draining
+from appliance.openai_http.server import HttpDoor
 from appliance.registry import ModelRegistry, ReloadOutcome, ReloadResult
 from appliance.server.admin import AdminService
 from appliance.server.auth import Authenticator
 from appliance.server.config import Config, check_host_paths
+from appliance.server.core import InferenceCore
 from appliance.server.keys import KeyStore
 from appliance.server.metrics import Metrics
 from appliance.server.redaction import RedactionStage
@@ -125,11 +127,13 @@ class Daemon:
         self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None
         keys = KeyStore(config.auth.keys_db) if config.auth.keys_db else None
         auth = Authenticator(keys)
-        self.service = InferenceService(self.registry, config.server.default_max_tokens,
-                                        RedactionStage(config.redaction), auth, self.metrics, self.usage)
+        # What both doors share (keys, admission, redaction, engines, metering, the drain's count).
+        self.service = InferenceCore(self.registry, config.server.default_max_tokens,
+                                     RedactionStage(config.redaction), auth, self.metrics, self.usage)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        inference_pb2_grpc.add_InferenceServicer_to_server(self.service, self.server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(self.service), self.server)
+        self.http = HttpDoor(self.service, config.http, config.tls) if config.http.listen else None
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth, self.reload, self.service.finished),
                                                    self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -138,6 +142,7 @@ class Daemon:
         )
         self.port: int | None = None  # the bound gRPC port, once start() has bound it
         self.address = config.server.listen  # HOST:PORT with the bound port
+        self.http_address = config.http.listen  # the same for the HTTP door, once bound
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()  # background tasks, referenced until they end
@@ -173,6 +178,17 @@ class Daemon:
             raise _cannot_bind("server.metrics_listen", metrics, reason) from None
         log.info("metrics on %s", _with_port(metrics, port))
 
+    async def _serve_http(self) -> None:
+        listen = self.config.http.listen
+        if problem := _bind_problem(listen):
+            raise _cannot_bind("http.listen", listen, problem)
+        try:
+            port = await self.http.start()
+        except OSError as exc:  # taken between the probe and the bind
+            raise _cannot_bind("http.listen", listen, _bind_error_reason(listen.rpartition(":")[0], exc)) from None
+        self.http_address = _with_port(listen, port)
+        log.info("OpenAI-compatible HTTP API on %s", self.http_address)
+
     async def start(self) -> None:
         await self._set_health(False)
         self._bind()
@@ -181,6 +197,8 @@ class Daemon:
         await self.server.start()
         if self.config.server.metrics_listen:
             self._serve_metrics()
+        if self.http is not None:
+            await self._serve_http()
         if self.watchdog_s:
             self._background(self.feed_watchdog(self.watchdog_s))
         log.info("listening on %s, loading %d model(s)", self.address, len(self.registry.names))
@@ -263,6 +281,8 @@ class Daemon:
 
     async def _close(self) -> None:
         await self.server.stop(grace=CLOSE_GRACE_S)
+        if self.http is not None:
+            await self.http.close()
         await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll interval
         self.registry.close()
         if self.usage is not None:

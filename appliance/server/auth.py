@@ -80,8 +80,12 @@ class Authenticator:
     def identify(self, context: grpc.aio.ServicerContext) -> ApiKey:
         if self.store is None:
             return ANONYMOUS
-        metadata = dict(context.invocation_metadata() or ())
-        header = metadata.get("authorization", "")
+        return self.identify_header(dict(context.invocation_metadata() or ()).get("authorization", ""))
+
+    def identify_header(self, header: str) -> ApiKey:
+        """The key of an `authorization` value (gRPC metadata or the HTTP header alike)."""
+        if self.store is None:
+            return ANONYMOUS
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")

@@ -34,12 +34,26 @@ class ServerConfig(_Section):
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be HOST:PORT")
+        return _host_port(value)
+
+
+def _host_port(value: str | None) -> str | None:
+    if value is None:
         return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT")
+    return value
+
+
+class HttpConfig(_Section):
+    # HOST:PORT of the OpenAI-compatible HTTP API (same engines, keys, TLS and metering as gRPC);
+    # unset: no HTTP door.
+    listen: str | None = None
+    # Largest request body accepted; a larger one is answered 413.
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, le=2**31 - 1)
+
+    _listen = field_validator("listen")(_host_port)
 
 
 class RuntimeConfig(_Section):
@@ -183,6 +197,7 @@ class AuthConfig(_Section):
 
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    http: HttpConfig = HttpConfig()
     tls: TLSConfig = TLSConfig()
     auth: AuthConfig = AuthConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -11,13 +11,9 @@ from appliance.engine.sampling import SamplingParams
 from appliance.errors import InvalidRequest
 from appliance.redact.policies import INPUT_POLICIES, OUTPUT_POLICIES
 from appliance.registry import ModelState, ReloadResult, ServedModel
+from appliance.server.request_limits import MAX_PROMPT_CHARS, check_prompt, check_texts
 from appliance.v1 import admin_pb2
 from appliance.v1 import inference_pb2 as pb
-
-MAX_PROMPT_CHARS = 1_000_000
-# Embed and Classify texts together; the count (256) and each text's tokens (the model's context)
-# are checked by the encoder, this bounds the tokenizing done before those checks can refuse.
-MAX_TEXTS_CHARS = 1_000_000
 
 _FINISH_REASONS = {reason: pb.FinishReason.Value(name) for reason, name in finish_reasons.WIRE_NAMES.items()}
 _MODEL_STATES = {
@@ -27,25 +23,10 @@ _MODEL_STATES = {
 }
 
 
-def require_model(name: str) -> str:
-    if not name:
-        raise InvalidRequest("model", "is required")
-    return name
-
-
 def chat_messages(request: pb.GenerateRequest) -> list[ChatMessage] | None:
     """The request's conversation, or None for a raw prompt; exactly one must be given."""
-    if request.messages and request.prompt:
-        raise InvalidRequest("prompt", "give either prompt or messages, not both")
-    if not request.messages:
-        if not request.prompt:
-            raise InvalidRequest("prompt", "must not be empty")
-        if len(request.prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest("prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
-        return None
-    if sum(len(m.content) for m in request.messages) > MAX_PROMPT_CHARS:
-        raise InvalidRequest("messages", f"hold more than {MAX_PROMPT_CHARS} characters")
-    return [ChatMessage(m.role, m.content) for m in request.messages]
+    check_prompt(request.prompt, request.messages)
+    return [ChatMessage(m.role, m.content) for m in request.messages] if request.messages else None
 
 
 def generate_params(request: pb.GenerateRequest, default_max_tokens: int) -> SamplingParams:
@@ -123,16 +104,10 @@ def generate_response(event: TokenEvent, text: str, hide_tokens: bool = False,
     return response
 
 
-def _texts(texts, field: str = "texts") -> list[str]:
-    if sum(len(t) for t in texts) > MAX_TEXTS_CHARS:
-        raise InvalidRequest(field, f"hold more than {MAX_TEXTS_CHARS} characters")
-    return list(texts)
-
-
 def classify_request(request: pb.ClassifyRequest) -> tuple[list[str], list[tuple[str, str]], int]:
     """(texts, zero-shot labels as (name, description), top_k) of a ClassifyRequest."""
-    _texts([label.name + label.description for label in request.labels], "labels")
-    return _texts(request.texts), [(label.name, label.description) for label in request.labels], request.top_k
+    check_texts([label.name + label.description for label in request.labels], "labels")
+    return check_texts(request.texts), [(label.name, label.description) for label in request.labels], request.top_k
 
 
 def classify_response(ranked: list[list[tuple[str, float]]], top_k: int, prompt_tokens: int) -> pb.ClassifyResponse:
@@ -143,10 +118,6 @@ def classify_response(ranked: list[list[tuple[str, float]]], top_k: int, prompt_
 
 def get_model_response(model: ServedModel) -> pb.GetModelResponse:
     return pb.GetModelResponse(model=model_info(model))
-
-
-def embed_texts(request: pb.EmbedRequest) -> list[str]:
-    return _texts(request.texts)
 
 
 def embed_response(vectors: np.ndarray, prompt_tokens: int) -> pb.EmbedResponse:

@@ -1,4 +1,5 @@
-"""The one place where exceptions become gRPC statuses, and where every call's end is seen.
+"""The one place where exceptions become gRPC statuses (and, beside them, the OpenAI HTTP API's
+statuses), and where every gRPC call's end is seen.
 
 Handlers raise typed ApplianceErrors; these wrappers abort the call with the mapped status and
 the error's message (which names fields, never prompt text). Anything else is logged by class
@@ -18,7 +19,7 @@ from typing import Protocol
 
 import grpc
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, InvalidRequest, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class CallInfo:
     rpc: str
+    api: str = "grpc"  # the door: "grpc" or "openai"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     key_id: str = ""
     model: str = ""  # set only once the model is known to be served (bounded label values)
@@ -40,13 +42,55 @@ class Metered(Protocol):
     def finished(self, call: CallInfo, status: grpc.StatusCode) -> None: ...
 
 
+class RequestTooLarge(ApplianceError):
+    """An HTTP body over the configured limit (gRPC enforces its own message size)."""
+
+    status_name = "RESOURCE_EXHAUSTED"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ApplianceError):
         return getattr(grpc.StatusCode, exc.status_name), str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-def _describe(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+@dataclass(frozen=True)
+class HttpError:
+    """An exception as the OpenAI HTTP API answers it: `{"error": {message, type, param, code}}`."""
+
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+# gRPC status -> (HTTP status, OpenAI error type, code): the statuses the OpenAI client libraries
+# map to their exceptions (BadRequestError, AuthenticationError, ... RateLimitError).
+_HTTP_STATUSES = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", None),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "wrong_task"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", None),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", "unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error", "timeout"),
+}
+
+
+def http_error_for(exc: BaseException) -> HttpError:
+    if isinstance(exc, RequestTooLarge):
+        return HttpError(413, "invalid_request_error", str(exc), code="request_too_large")
+    code, message = status_for(exc)
+    if code not in _HTTP_STATUSES:
+        return HttpError(500, "server_error", "internal error")
+    status, kind, error_code = _HTTP_STATUSES[code]
+    param = exc.field if isinstance(exc, InvalidRequest) else "model" if isinstance(exc, ModelNotFound) else None
+    return HttpError(status, kind, message, param, error_code)
+
+
+def describe(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         # The class only: an exception's text may quote its input.
@@ -64,7 +108,7 @@ def unary_errors(handler):
             self.finished(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            code, message = _describe(handler.__name__, exc)
+            code, message = describe(handler.__name__, exc)
             self.finished(call, code)
             await context.abort(code, message)
         self.finished(call, grpc.StatusCode.OK)
@@ -85,7 +129,7 @@ def stream_errors(handler):
             self.finished(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
-            code, message = _describe(handler.__name__, exc)
+            code, message = describe(handler.__name__, exc)
             self.finished(call, code)
             await context.abort(code, message)
         self.finished(call, grpc.StatusCode.OK)

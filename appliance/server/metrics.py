@@ -1,5 +1,5 @@
-"""Prometheus metrics, served on their own port. Labels carry model, RPC, status, entity type and
-direction only: never prompt text, key secrets or detected values."""
+"""Prometheus metrics, served on their own port. Labels carry door, model, RPC, status, entity type
+and direction only: never prompt text, key secrets or detected values."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._http = None  # the HTTP server, while serving
         r = self.registry
-        self.requests = Counter("appliance_requests", "RPCs finished, by status", ["rpc", "model", "status"], registry=r)
+        # api: the door a request came in by, "grpc" or "openai" (the OpenAI HTTP API).
+        self.requests = Counter("appliance_requests", "Calls finished, by door and status",
+                                ["api", "rpc", "model", "status"], registry=r)
         self.time_to_first_token = Histogram("appliance_time_to_first_token_seconds", "Arrival to first token",
-                                             ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+                                             ["api", "model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.inter_token = Histogram("appliance_inter_token_seconds", "Mean gap between streamed tokens, per request",
                                      ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_time = Histogram("appliance_queue_seconds", "Arrival to the start of prefill", ["model"],

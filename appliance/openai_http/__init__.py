@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API: a second door to the daemon's engines, beside gRPC ([http] listen)."""

@@ -1,0 +1,62 @@
+"""SIGTERM's drain covers the HTTP door: a running SSE stream finishes, new requests get 503, and
+`appliance serve --http-listen` refuses a busy port like the gRPC one."""
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import aiohttp
+
+from appliance.server.app import Daemon
+from appliance.server.config import load_config
+from tests.conftest import free_port
+
+
+def test_drain_lets_a_stream_in_flight_finish_and_refuses_new_requests(models_dir, tmp_path):
+    served = tmp_path / "models"
+    shutil.copytree(models_dir / "llama", served / "llama")
+    config = load_config(None, {"server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
+                                "http": {"listen": "127.0.0.1:0"}})
+    body = {"model": "llama", "prompt": "story", "max_tokens": 40, "ignore_eos": True, "stream": True}
+
+    async def scenario():
+        daemon = Daemon(config)
+        await daemon.start()
+        runner = daemon.registry.get("llama").engine.replicas[0].runner
+        gate = threading.Event()
+        real_decode = runner.decode
+        runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]
+        url = f"http://{daemon.http_address}/v1/completions"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=body) as running:
+                first = await running.content.readline()
+                drain = asyncio.create_task(daemon.drain())
+                while not daemon.service.draining:
+                    await asyncio.sleep(0.01)
+                async with session.post(url, json=body) as refused:
+                    late = refused.status, refused.headers.get("Retry-After"), await refused.json()
+                gate.set()
+                rest = await running.read()
+            await drain
+        return first, late, rest
+
+    first, (status, retry_after, refusal), rest = asyncio.run(scenario())
+    assert first.startswith(b"data: {")
+    assert status == 503 and retry_after and refusal["error"]["type"] == "service_unavailable"
+    assert b'"finish_reason":"length"' in rest and rest.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_busy_http_port_stops_the_start_with_exit_2(models_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--models", str(models_dir),
+                               "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"appliance serve: config http.listen: 127.0.0.1:{port}: address already in use (something else listens there)"]
