@@ -61,6 +61,7 @@ def test_a_fleet_behind_the_proxy_survives_a_drain_and_a_kill(kind, models_dir, 
         after = fleet.served()
         outcomes = load.stop()
         health = proxy.server_status() if kind == "haproxy" else "passive (no active checks in nginx)"
+        stopped_sending = [_proxy_stopped_sending(proxy, fleet, i) for i in range(3)]
 
     in_flight = re.search(r"draining: (\d+) stream\(s\) in flight", fleet.daemons[drained].log()).group(1)
     failed = [o for o in outcomes if o.code is not None]
@@ -78,3 +79,5 @@ def test_a_fleet_behind_the_proxy_survives_a_drain_and_a_kill(kind, models_dir, 
     assert all(o.code is None for o in outcomes if o.started > killed_at + noticed_s)
     if kind == "haproxy":
         assert health == {"app1": "DOWN", "app2": "UP", "app3": "DOWN"}
+    else:  # nginx found both gone when it tried them, and had no complaint about the survivor
+        assert stopped_sending == [True, False, True]

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 import time
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import generate_latest
 
-from appliance.engine.engine import EngineStats
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
-from appliance.errors import Draining, QueueFull
+from appliance.errors import ApplianceError, Draining, QueueFull
 from appliance.registry import ModelRegistry, ReplicaSet
-from appliance.registry.loading import replica_runtime
+from appliance.registry.loading import replica_runtime, warm_up
 from appliance.server.metrics import Metrics
 from tests.appliance.server.test_hot_reload import put_package, slow_down
 from tests.conftest import wait_for
@@ -99,7 +99,29 @@ def test_replicas_split_the_cores_only_when_threads_are_left_to_ort():
     assert replica_runtime(RuntimeOptions(intra_op_threads=0), 1).intra_op_threads == 0
     assert replica_runtime(RuntimeOptions(intra_op_threads=3), 2).intra_op_threads == 3
     split = replica_runtime(RuntimeOptions(intra_op_threads=0), 2).intra_op_threads
-    assert 1 <= split <= max(1, len(__import__("os").sched_getaffinity(0)) // 2)
+    assert 1 <= split <= max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_a_warm_up_that_never_answers_fails_the_load_in_bounded_time():
+    class SilentEngine:
+        cancelled = False
+
+        def tokenize(self, text):
+            return [1]
+
+        def submit(self, ids, params, emit):
+            engine = self
+
+            class Request:
+                def cancel(self):
+                    engine.cancelled = True
+            return Request()
+
+    engine = SilentEngine()
+    started = time.monotonic()
+    with pytest.raises(ApplianceError, match=r"warm-up did not finish within 0.2 s"):
+        warm_up(engine, 0.2)
+    assert time.monotonic() - started < 5 and engine.cancelled
 
 
 # ---- two real engines -----------------------------------------------------------------------
@@ -134,7 +156,7 @@ def test_two_replicas_share_the_load_and_both_drain(two_replicas):
     assert [load.routed for load in model.engine.loads()] == [2, 2]
     metrics = Metrics()
     metrics.watch_replicas(registry)
-    text = __import__("prometheus_client").generate_latest(metrics.registry).decode()
+    text = generate_latest(metrics.registry).decode()
     assert 'appliance_replica_requests_total{model="chat",replica="1"} 2.0' in text
     registry.stop_admitting()
     for replica in model.engine.replicas:
