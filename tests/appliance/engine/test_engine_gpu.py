@@ -1,8 +1,8 @@
 """The engine on the CUDA execution provider: run only where a GPU is present (`make gpu-check`).
 
-Packages: `llama-cuda-<precision>` (`--target cuda`) of the test suite's tiny llama, brought along in
-the models folder (offline/gpu_check.py) or exported here where the export stack is installed.
-They are compared with the CPU fp32 `llama` package of the same weights.
+Packages: the test suite's tiny llama as the CPU fp32 `llama` package and as `llama-cuda-<precision>`
+(`--target cuda`, fp16 and int4), brought along in the models folder (offline/gpu_check.py) or
+exported here where the export stack is installed. CUDA runs are compared with `llama` on the CPU.
 """
 
 import asyncio
@@ -73,7 +73,7 @@ def jobs(temperature=0.0):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_greedy_tokens_agree_with_cpu_fp32_over_32_tokens(models_dir, cuda_package, precision):
-    path = cuda_package(precision)
+    path = models_dir / "llama" if precision == "fp32" else cuda_package(precision)
     gpu = open_runner(path, CUDA, max_batch=1)
     assert gpu.provider == "CUDAExecutionProvider"
     cpu = open_runner(models_dir / "llama", ("cpu",), max_batch=1)
