@@ -112,10 +112,10 @@ class CudaDevice(CpuDevice):
     ort_device = "cuda"
     _DEFAULT_KIND = 4  # cudaMemcpyDefault
 
-    def __init__(self, device_id: int = 0):
+    def __init__(self, device_id: int = 0, cuda: Optional[ctypes.CDLL] = None):
         super().__init__()
         self.device_id = device_id
-        self._cuda = _cudart()
+        self._cuda = cuda or _cudart()  # cuda: a stand-in with the same calls, for tests
         self._check("cudaSetDevice", self._cuda.cudaSetDevice(device_id))
         self._staging: dict[int, np.ndarray] = {}  # buffer ptr -> host array reads land in
         self._written = False

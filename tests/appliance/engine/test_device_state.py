@@ -5,10 +5,12 @@ On this host the device is the CPU; FakeDevice stands for one whose memory the h
 place (its reads are copies, as a GPU's are), so the runner's results cannot rest on host views.
 """
 
+import ctypes
+
 import numpy as np
 import pytest
 
-from appliance.engine.device_buffers import ON_DEVICE, TO_DEVICE, TO_HOST, CpuDevice
+from appliance.engine.device_buffers import ON_DEVICE, TO_DEVICE, TO_HOST, CpuDevice, CudaDevice
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.shared_kv_runner import SharedKVRunner
 from appliance.errors import PackageError
@@ -132,3 +134,49 @@ def test_an_fp16_package_keeps_fp16_state_and_hands_the_sampler_fp32_logits(mode
         assert np.abs(logits[0] - logits[1]).max() < 5e-2
         token = np.asarray([int(np.argmax(logits[1]))])
         logits = [runner.decode(token, np.asarray([len(PROMPTS[0]) + step]))[0] for runner in (half, full)]
+
+
+class HostCudart:
+    """The CUDA runtime calls CudaDevice makes, done on host memory: CudaDevice's offsets, pitches
+    and staging run on this host exactly as they would against a GPU."""
+
+    def cudaMemcpy(self, dst, src, count, kind):
+        ctypes.memmove(dst, src, count)
+        return 0
+
+    def cudaMemcpy2D(self, dst, dpitch, src, spitch, width, height, kind):
+        for row in range(height):
+            ctypes.memmove(dst.value + row * dpitch, src.value + row * spitch, width)
+        return 0
+
+    def cudaMemset(self, ptr, value, count):
+        ctypes.memset(ptr, value, count)
+        return 0
+
+    def cudaSetDevice(self, device_id):
+        return 0
+
+    def cudaDeviceSynchronize(self):
+        return 0
+
+
+class CudaOnHost(CudaDevice):
+    ort_device = "cpu"  # ORT allocates host memory; every copy still goes through the CUDA calls
+
+    def __init__(self):
+        super().__init__(0, HostCudart())
+
+
+def test_the_cuda_device_layer_gives_the_cpu_tokens_and_moves_the_same_bytes(models_dir):
+    results = []
+    for device in (CudaOnHost(), CpuDevice()):
+        runner = open_runner(models_dir, device=device)
+        lengths = fill(runner)
+        runner.move(2, 0, int(lengths[2]))  # a compaction, then rows of unequal length decode
+        runner.release(2)
+        logits = [runner.decode(np.asarray([3, 4]), np.asarray([lengths[2], lengths[1]])).copy()]
+        logits.append(runner.prefill(1, [21, 22, 23], int(lengths[1]) + 1))
+        results.append((logits, dict(device.traffic)))
+    (cuda_logits, cuda_traffic), (cpu_logits, cpu_traffic) = results
+    assert all(np.array_equal(a, b) for a, b in zip(cuda_logits, cpu_logits))
+    assert cuda_traffic == cpu_traffic
