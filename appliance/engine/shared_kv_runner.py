@@ -17,11 +17,14 @@ thrown away, so each row takes the same path whatever the batch (see batch_invar
 
 With CUDA graphs (package_session.open_decoder_session) each batch size's decode step is captured
 once, under its own `gpu_graph_id`, and replayed: that needs the fixed addresses above. Prefill
-shapes vary, so prefill runs uncaptured.
+shapes vary, so prefill runs uncaptured. Under `cuda_graph = "auto"` a decode step whose capture or
+replay fails reopens the session without graphs and runs again (the state stays in the buffers).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -29,10 +32,12 @@ import numpy as np
 import onnxruntime as ort
 
 from appliance.engine.device_buffers import CpuDevice, DeviceBuffer, device_for
-from appliance.engine.package_session import open_decoder_session
+from appliance.engine.package_session import open_decoder_session, open_package_session
 from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
+
+log = logging.getLogger(__name__)
 
 SKIP_GRAPH = "-1"  # ORT's gpu_graph_id for a run that is neither captured nor replayed
 
@@ -55,6 +60,8 @@ class SharedKVRunner:
         # The operator may cap the context below the model's to bound KV memory.
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         self.session, self.cuda_graph = open_decoder_session(package_dir, manifest, options)
+        self._graphs_may_fall_back = self.cuda_graph and options.cuda_graph == "auto"
+        self._open_without_graphs = functools.partial(open_package_session, package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
         self.device = device or device_for(self.session)
         self.vocab_size = manifest.vocab_size
@@ -128,6 +135,19 @@ class SharedKVRunner:
         self.device.before_run()
         self.session.run_with_iobinding(binding, options)
 
+    def _run_decode(self, rows: int) -> None:
+        try:
+            self._run(*self._decode_binding(rows))
+        except Exception as exc:
+            if not self._graphs_may_fall_back:
+                raise
+            log.warning("decode steps run without CUDA graphs from now on: a captured step failed (%s)",
+                        type(exc).__name__)
+            self.session, self.cuda_graph, self._graphs_may_fall_back = self._open_without_graphs(), False, False
+            self._decode_bindings = {}
+            self._prefill_options = None
+            self._run(*self._decode_binding(rows))
+
     def _widened(self, logits: np.ndarray, rows: int) -> np.ndarray:
         """[rows, vocab] float32 on the host (an fp16 graph's logits are widened for the sampler)."""
         logits = logits.reshape(rows, self.vocab_size)
@@ -176,14 +196,14 @@ class SharedKVRunner:
         device.write_at(self._mask, self._row_starts[:n] + lengths, 1)
         self._cached[:n] = lengths + 1
         if padded == n:  # the usual step: no spare rows to set up and clear
-            self._run(*self._decode_binding(n))
+            self._run_decode(n)
             return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
         # A spare row writes one throw-away position just past what it holds: an empty row's
         # position 0, or a prefilling row's next position, which its next chunk overwrites.
         spare = self._row_starts[n:padded] + self._cached[n:padded]
         device.write(self._ids, n, np.zeros(padded - n, self._ids.dtype))
         device.write_at(self._mask, spare, 1)
-        self._run(*self._decode_binding(padded))
+        self._run_decode(padded)
         device.write_at(self._mask, spare, 0)
         return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
 

@@ -6,6 +6,7 @@ place (its reads are copies, as a GPU's are), so the runner's results cannot res
 """
 
 import ctypes
+import dataclasses
 
 import numpy as np
 import pytest
@@ -180,3 +181,38 @@ def test_the_cuda_device_layer_gives_the_cpu_tokens_and_moves_the_same_bytes(mod
     (cuda_logits, cuda_traffic), (cpu_logits, cpu_traffic) = results
     assert all(np.array_equal(a, b) for a, b in zip(cuda_logits, cpu_logits))
     assert cuda_traffic == cpu_traffic
+
+
+class CapturedRunsFail:
+    """A session whose CUDA-graph runs fail, as where ORT cannot capture a step; the rest is real."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run_with_iobinding(self, binding, options=None):
+        if options is not None and options.get_run_config_entry("gpu_graph_id") != "-1":
+            raise RuntimeError("capture failed")
+        return self._session.run_with_iobinding(binding, options)
+
+
+@pytest.mark.parametrize("setting", ["auto", "on"])
+def test_a_failing_captured_step_falls_back_to_plain_runs_only_under_auto(models_dir, monkeypatch, caplog, setting):
+    import appliance.engine.shared_kv_runner as module
+
+    real = module.open_decoder_session
+    monkeypatch.setattr(module, "open_decoder_session", lambda path, manifest, options: (
+        CapturedRunsFail(real(path, manifest, dataclasses.replace(options, cuda_graph="off"))[0]), True))
+    runner = open_runner(models_dir, cuda_graph=setting)
+    lengths = fill(runner)
+    if setting == "on":
+        with pytest.raises(RuntimeError, match="capture failed"):
+            runner.decode(np.asarray([3, 4, 5]), lengths)
+        return
+    logits = runner.decode(np.asarray([3, 4, 5]), lengths)
+    assert runner.cuda_graph is False and "without CUDA graphs" in caplog.text
+    reference = open_runner(models_dir)
+    fill(reference)
+    assert np.array_equal(reference.decode(np.asarray([3, 4, 5]), lengths), logits)
