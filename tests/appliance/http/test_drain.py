@@ -9,7 +9,9 @@ import sys
 import threading
 
 import aiohttp
+import pytest
 
+from appliance.errors import ConfigError
 from appliance.server.app import Daemon
 from appliance.server.config import load_config
 from tests.conftest import free_port
@@ -47,6 +49,11 @@ def test_drain_lets_a_stream_in_flight_finish_and_refuses_new_requests(models_di
     assert first.startswith(b"data: {")
     assert status == 503 and retry_after and refusal["error"]["type"] == "service_unavailable"
     assert b'"finish_reason":"length"' in rest and rest.endswith(b"data: [DONE]\n\n")
+
+
+def test_http_listen_must_be_host_port():
+    with pytest.raises(ConfigError, match="^config http.listen: must be HOST:PORT$"):
+        load_config(None, {"http": {"listen": "8000"}})
 
 
 def test_a_busy_http_port_stops_the_start_with_exit_2(models_dir):

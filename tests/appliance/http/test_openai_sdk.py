@@ -24,8 +24,8 @@ def test_models_lists_and_retrieves_the_served_packages(openai_client):
 def test_chat_streams_the_same_greedy_text_it_returns_whole(openai_client):
     whole = openai_client.chat.completions.create(model="llama", messages=CHAT, max_tokens=12, **GREEDY)
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 12
-    chunks = list(openai_client.chat.completions.create(model="llama", messages=CHAT, max_tokens=12, stream=True,
-                                                        stream_options={"include_usage": True}, **GREEDY))
+    chunks = list(openai_client.chat.completions.create(model="llama", messages=CHAT, max_completion_tokens=12,
+                                                        stream=True, stream_options={"include_usage": True}, **GREEDY))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"

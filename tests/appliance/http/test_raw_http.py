@@ -83,3 +83,9 @@ def test_errors_never_echo_the_prompt(served):
     assert status == 400 and b"alice" not in body
     status, headers, body = post(served, "/completions", {"model": "alice.smith@example.com", "prompt": "hi"})
     assert status == 404 and b"alice" not in body
+
+
+def test_too_many_messages_are_refused_by_the_chat_templates_own_check(served):
+    messages = [{"role": "user", "content": "hi"}] * 513
+    status, error = error_of(post(served, "/chat/completions", {"model": "llama", "messages": messages}))
+    assert status == 400 and error["param"] == "messages" and "at most 512" in error["message"]
