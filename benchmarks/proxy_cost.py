@@ -3,9 +3,9 @@ streams straight to it, in one run, from the configs shipped in deploy/.
 
     .venv/bin/python benchmarks/proxy_cost.py PACKAGE [--streams 8] [--tokens 64] [--repeat 3]
 
-Prints aggregate tokens/s and time to first token p50 / p99 (measured by the client) per path,
-medians over --repeat rounds in which the paths take turns, and each proxy's cost against the
-direct path. Needs nginx and haproxy on PATH (Debian: apt-get install nginx haproxy).
+Prints aggregate tokens/s and time to first token p50 / p99 (measured by the client) per path:
+medians (and the tok/s range) over --repeat rounds in which the paths take turns, and each
+proxy's cost against the direct path. Needs nginx and haproxy on PATH (Debian: apt-get install nginx haproxy).
 """
 
 from __future__ import annotations
@@ -66,14 +66,17 @@ def main() -> int:
                 proxy.stop()
     print(f"package {package.name}: {args.streams} streams of {args.tokens} tokens, one daemon, "
           f"medians of {args.repeat} rounds (TTFT in ms)")
-    print(f"{'path':8} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'tok/s cost':>10} {'p99 cost':>9}")
+    print(f"{'path':8} {'tok/s':>7} {'(min-max)':>11} {'TTFT p50':>9} {'TTFT p99':>9} {'tok/s cost':>10} "
+          f"{'p99 cost':>9}")
     direct_rate = statistics.median(r[2] for r in rounds["direct"])
     direct_p99 = statistics.median(pct(r[0], 99) for r in rounds["direct"])
     for path, results in rounds.items():
         rate = statistics.median(r[2] for r in results)
         p50 = statistics.median(pct(r[0], 50) for r in results)
         p99 = statistics.median(pct(r[0], 99) for r in results)
-        print(f"{path:8} {rate:7.0f} {p50:9.1f} {p99:9.1f} {1 - rate / direct_rate:10.1%} {p99 / direct_p99 - 1:9.1%}")
+        spread = f"({min(r[2] for r in results):.0f}-{max(r[2] for r in results):.0f})"
+        print(f"{path:8} {rate:7.0f} {spread:>11} {p50:9.1f} {p99:9.1f} {1 - rate / direct_rate:10.1%} "
+              f"{p99 / direct_p99 - 1:9.1%}")
     return 0
 
 

@@ -59,7 +59,7 @@ class ModelRegistry:
         # Replaced entry by entry, never mutated in place by readers: a lookup sees either the
         # old or the new version of a package, whole.
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}
-        self._lock = threading.Lock()  # guards ServedModel.users and .retired
+        self._lock = threading.Lock()  # guards ServedModel.users and .retired, and _closing
         self._reload_lock = threading.Lock()  # one load or reload at a time
         self._closing: list[threading.Thread] = []
 
@@ -175,7 +175,8 @@ class ModelRegistry:
             log.info("model %s version %s retired", model.name, model.version)
 
         thread = threading.Thread(target=close, name=f"retire-{model.name}", daemon=True)
-        self._closing = [t for t in self._closing if t.is_alive()] + [thread]
+        with self._lock:  # holders let go on the event loop, reloads retire on their own thread
+            self._closing = [t for t in self._closing if t.is_alive()] + [thread]
         thread.start()
 
     @property
