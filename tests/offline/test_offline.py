@@ -1,12 +1,13 @@
 """The air-gapped path: the wheelhouse (split, joined, checked, installed with --no-index) and the
 GPU check's behaviour on a host without a GPU."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from offline import wheelhouse
+from offline import gpu_check, wheelhouse
 from tests.conftest import REPO, DaemonProcess
 
 
@@ -95,3 +96,26 @@ def test_a_wheelhouse_installs_with_no_index_and_serves(tmp_path, models_dir):
         assert answer.returncode == 0, answer.stderr
     finally:
         assert daemon.stop() == 0
+
+
+def test_gpu_check_reads_the_gpu_tests_report_row_by_row(tmp_path, models_dir):
+    # Here every GPU test skips; the rows must say so with pytest's reason, and nothing may fail.
+    check = gpu_check.Check(budget_s=600)
+    gpu_check.gpu_tests(check, sys.executable, models_dir, tmp_path)
+    assert len(check.rows) >= 4
+    assert {row.result for row in check.rows} == {"skipped"}
+    assert all(row.detail for row in check.rows)
+
+
+def test_gpu_check_drives_the_engine_benchmark_with_flags_it_accepts(tmp_path, models_dir, monkeypatch):
+    # The same command gpu-check runs on the GPU, on CPU with the tiny package, so that the two
+    # scripts cannot drift apart unnoticed.
+    monkeypatch.setattr(gpu_check, "BENCH_PROVIDER", "cpu")
+    monkeypatch.setattr(gpu_check, "BENCH_EXPORTS", {"llama": []})
+    check = gpu_check.Check(budget_s=600)
+    gpu_check.benchmark(check, sys.executable, models_dir, tmp_path)
+    graph_on, graph_off = check.rows
+    assert graph_on.result == "failed"  # on CPU, `cuda_graph = on` is refused with its reason
+    assert "cuda_graph = on needs the CUDA execution provider" in graph_on.detail
+    assert graph_off.result == "figure", check.table()
+    assert re.fullmatch(r"batch-1 \d+ tok/s, 8 streams \d+ tok/s, TTFT \d+ ms", graph_off.detail)
