@@ -1,7 +1,8 @@
 """`appliance-export SOURCE --output DIR`: a Hugging Face model to a verified ONNX package.
 
 `appliance-export verify DIR` re-checks a package: hashes, loads it, and re-runs the validation
-against its source when that is still on disk.
+against its source when that is still on disk. `appliance-export inspect DIR` prints how it was
+made: the recipe, the validation figures, the per-node sensitivity table and precisions.
 
 Exit codes: 0 written (or verified), 1 a clear error (nothing is left behind), 2 refused before any
 work: bad usage, an option the chosen backend does not implement, or a host that cannot build
@@ -23,8 +24,8 @@ from pathlib import Path
 import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
-from export import builder_backend, optimum_backend, recipe, tensorrt_backend, validate
-from export.graph_info import io_signature, matmul_nbits_settings
+from export import auto_precision, builder_backend, optimum_backend, quantize, recipe, tensorrt_backend, validate
+from export.graph_info import io_signature, matmul_nbits_nodes
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
 from export.recipe import BadOptions, QuantOptions
@@ -32,7 +33,7 @@ from export.source import ExportError, ModelSource, resolve_source
 
 TASKS = ("auto", "text-generation", "feature-extraction", "text-classification", "token-classification")
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta-v2", "nomic_bert")
-QUANT_METHODS = ("rtn", "k_quant", "hqq", "gptq")
+QUANT_METHODS = ("rtn", "k_quant", "hqq", "gptq", "dynamic", "static")
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
@@ -87,12 +88,11 @@ def _chat_template(source_dir: Path) -> str | None:
 def _quant_options(args) -> QuantOptions:
     return QuantOptions(method=args.quant_method, block_size=args.block_size, accuracy_level=args.accuracy_level,
                         asymmetric=args.asymmetric,
-                        calibration_file=Path(args.calibration_file) if args.calibration_file else None)
+                        calibration_file=Path(args.calibration_file) if args.calibration_file else None,
+                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings)
 
 
 def export_package(args, phases: Phases) -> dict:
-    import onnxruntime
-
     # Everything that can refuse the request runs before any export work (seconds to minutes).
     recipe.check_precision_target(args.precision, args.target)
     if args.target == "tensorrt" and (reason := tensorrt_backend.unavailable_reason()):
@@ -103,72 +103,108 @@ def export_package(args, phases: Phases) -> dict:
     source = resolve_source(args.source, args.revision)
     task = detect_task(source) if args.task == "auto" else args.task
     backend = choose_backend(task, args.backend, source)
-    quant = recipe.resolve(backend, args.precision, _quant_options(args))
-    with staging_folder(output) as staging:
-        work = staging.with_name(staging.name + ".work")
-        work.mkdir()
-        try:
-            phases.begin("export")
-            if backend == "builder":
-                fields = builder_backend.build(source, staging, args.precision, args.target, quant,
-                                               work / "cache", work / "builder.log", phases)
-            else:
-                fields = optimum_backend.export(source, staging, task, args.precision, args.target, quant, work, phases)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        copy_tokenizer(source.path, staging)
-        _check_recipe(staging / fields["model_file"], fields["quantization"])
-        signature = io_signature(staging / fields["model_file"])
-        if fields.get("kv_layout") is not None:
-            past = next(t for t in signature.inputs if t.name == fields["kv_layout"].past_key % 0)
-            fields["kv_layout"] = fields["kv_layout"].model_copy(update={"dtype": past.dtype})
-        targets = [Target(name="cpu" if args.target == "cpu" else "cuda", onnxruntime_version=onnxruntime.__version__)]
-        if args.target == "tensorrt":
-            phases.begin("engine")
-            targets.append(tensorrt_backend.build_engine(staging, fields["model_file"], signature,
-                                                         fields["context_length"], onnxruntime.__version__))
-        manifest = Manifest(
-            schema_version=SCHEMA_VERSION, task=task, architecture=source.model_type, backend=backend,
-            precision=args.precision, source=source.record, files=record_files(staging), io=signature,
-            chat_template=_chat_template(source.path), targets=targets,
-            exporter_version=appliance.__version__,
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **fields,
-        )
-        phases.begin("validate")
-        figures = validate.run(source.path, staging, manifest, phases)
-        problems = validate.failures(figures, task, args.precision)
-        # null, not true, when nothing was compared: readers must not take a skip for a pass.
-        figures["passed"] = None if figures["kind"] == "skipped" else not problems
-        manifest = manifest.model_copy(update={"validation": figures})
+    options = _quant_options(args)
+    auto = args.precision == "auto"
+    if auto:
+        auto_precision.check(args.target, options)
+    elif args.goal:
+        raise BadOptions("--goal applies to --precision auto only")
+    precisions = auto_precision.CANDIDATES if auto else (args.precision,)
+    recipes = {precision: recipe.resolve(backend, precision, options) for precision in precisions}
+    with contextlib.ExitStack() as stack:
+        built = []
+        for precision in precisions:
+            staging = stack.enter_context(staging_folder(output))
+            manifest, problems = _build(args, source, task, backend, precision, recipes[precision], staging, phases)
+            speed = auto_precision.measure_speed(staging, manifest) if auto else {}
+            built.append((staging, manifest, problems, speed))
+        staging, manifest, problems, _ = built[0]
+        if auto:
+            goal = args.goal or "size"
+            index, tried = auto_precision.choose([(m, p, sp) for _, m, p, sp in built], goal)
+            staging, manifest, problems, _ = built[index]
+            manifest = manifest.model_copy(update={"quantization": {
+                **manifest.quantization, "auto": {"goal": goal, "tried": tried}}})
         if problems and not args.force:
             raise ExportError("validation failed: " + "; ".join(problems) + " (--force writes it anyway)")
         write_manifest(staging, manifest)
         phases.begin("publish")
         publish(staging, output)
     phases.close()
-    return {"output": str(output.resolve()), "task": task, "backend": backend, "precision": args.precision,
+    return {"output": str(output.resolve()), "task": task, "backend": backend, "precision": manifest.precision,
             "architecture": source.model_type, "quantization": manifest.quantization,
             "files": {k: v.size for k, v in manifest.files.items()},
             "package_bytes": sum(v.size for v in manifest.files.values()),
-            "validation": figures, "problems": problems, "timings": phases.timings}
+            "validation": manifest.validation, "problems": problems, "timings": phases.timings}
+
+
+def _build(args, source: ModelSource, task: str, backend: str, precision: str, quant, staging: Path,
+           phases: Phases) -> tuple[Manifest, list[str]]:
+    """Exports, checks and validates one package in staging; returns its manifest (not yet
+    written) and the validation's threshold failures."""
+    import onnxruntime
+
+    work = staging.with_name(staging.name + ".work")
+    work.mkdir()
+    try:
+        phases.begin("export")
+        if backend == "builder":
+            fields = builder_backend.build(source, staging, precision, args.target, quant,
+                                           work / "cache", work / "builder.log", phases)
+        else:
+            fields = optimum_backend.export(source, staging, task, precision, args.target, quant, work, phases)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    copy_tokenizer(source.path, staging)
+    _check_recipe(staging / fields["model_file"], fields["quantization"])
+    signature = io_signature(staging / fields["model_file"])
+    if fields.get("kv_layout") is not None:
+        past = next(t for t in signature.inputs if t.name == fields["kv_layout"].past_key % 0)
+        fields["kv_layout"] = fields["kv_layout"].model_copy(update={"dtype": past.dtype})
+    targets = [Target(name="cpu" if args.target == "cpu" else "cuda", onnxruntime_version=onnxruntime.__version__)]
+    if args.target == "tensorrt":
+        phases.begin("engine")
+        targets.append(tensorrt_backend.build_engine(staging, fields["model_file"], signature,
+                                                     fields["context_length"], onnxruntime.__version__))
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, task=task, architecture=source.model_type, backend=backend,
+        precision=precision, source=source.record, files=record_files(staging), io=signature,
+        chat_template=_chat_template(source.path), targets=targets,
+        exporter_version=appliance.__version__,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    )
+    phases.begin("validate")
+    figures = validate.run(source.path, staging, manifest, phases)
+    problems = validate.failures(figures, task, precision)
+    # null, not true, when nothing was compared: readers must not take a skip for a pass.
+    figures["passed"] = None if figures["kind"] == "skipped" else not problems
+    return manifest.model_copy(update={"validation": figures}), problems
 
 
 def _check_recipe(model_path: Path, quantization: dict) -> None:
     """The manifest must say what the graph holds: every MatMulNBits node must have the recipe's
-    bits, block size, accuracy level and symmetry (export/recipe.py says why this can differ)."""
+    block size, accuracy level and symmetry, and the bits the recipe (or its per-node list) gives
+    it (export/recipe.py says why this can differ)."""
     if quantization.get("op") != "MatMulNBits":
         return
-    settings = matmul_nbits_settings(model_path)
-    if {bits for bits, _, _, _ in settings} != {quantization["bits"]}:
-        found = ", ".join(str(bits) for bits in sorted({s[0] for s in settings})) or "no MatMulNBits"
+    nodes = matmul_nbits_nodes(model_path)
+    if "nodes" in quantization:
+        wanted_bits = {name: int(p[3:]) for name, p in quantization["nodes"].items() if p.startswith("int")}
+        differing = sorted(name for name in set(nodes) | set(wanted_bits)
+                           if nodes.get(name, (None,))[0] != wanted_bits.get(name))
+        if differing:
+            have = nodes.get(differing[0], ("no",))[0]
+            raise ExportError(f"the graph holds {have}-bit weights at {differing[0]} where the recipe lists "
+                              f"{quantization['nodes'].get(differing[0], 'nothing')}")
+    elif {bits for bits, _, _, _ in nodes.values()} != {quantization["bits"]}:
+        found = ", ".join(str(bits) for bits in sorted({s[0] for s in nodes.values()})) or "no MatMulNBits"
         raise ExportError(f"the graph holds {found}-bit weights where {quantization['bits']}-bit were asked for")
-    wanted = (quantization["bits"], quantization["block_size"], quantization["accuracy_level"],
-              quantization["symmetric"])
-    wrong = sorted(settings - {wanted})
+    wanted = (quantization["block_size"], quantization["accuracy_level"], quantization["symmetric"])
+    wrong = sorted({settings[1:] for settings in nodes.values()} - {wanted})
     if wrong:
         differing = [f"{name} {have} (the recipe says {want})" for name, have, want
-                     in zip(("bits", "block_size", "accuracy_level", "symmetric"), wrong[0], wanted) if have != want]
+                     in zip(("block_size", "accuracy_level", "symmetric"), wrong[0], wanted) if have != want]
         raise ExportError(f"the {quantization['method']} graph does not hold its recipe: MatMulNBits nodes with "
                           + ", ".join(differing))
 
@@ -197,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="local Hugging Face model folder, or a hub id where a hub is reachable")
     parser.add_argument("--output", "-o", required=True, help="package folder to write")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4", "auto"), default="fp32",
+                        help="auto: export int4, int8 and fp32 with their default recipes, measure each on this "
+                             "host and write the best that passes validation (see --goal)")
+    parser.add_argument("--goal", choices=auto_precision.GOALS,
+                        help="what --precision auto optimises among the packages that pass: size (default), "
+                             "speed (encode time, or decode tokens/s for decoders)")
     parser.add_argument("--task", choices=TASKS, default="auto")
     parser.add_argument("--backend", choices=("auto", "builder", "optimum"), default="auto")
     parser.add_argument("--target", choices=("cpu", "cuda", "tensorrt"), default="cpu")
@@ -205,9 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     # No defaults here: an option given where the backend would ignore it is refused (export/recipe.py).
     quant = parser.add_argument_group("quantization (int4, and the builder's int8)")
     quant.add_argument("--quant-method", choices=QUANT_METHODS,
-                       help="rtn (default); k_quant (builder int4, optimum int4); hqq or gptq (optimum int4; "
-                            "gptq needs --calibration-file)")
-    quant.add_argument("--calibration-file", help="text file, one sample per line, for gptq")
+                       help="rtn (default: weight-only MatMulNBits); k_quant (int4); hqq or gptq (optimum int4; "
+                            "gptq needs --calibration-file); dynamic or static (optimum int8: per-channel "
+                            "dynamic, the old default, or calibrated QDQ)")
+    quant.add_argument("--calibration-file", help="text file, one sample per line, for gptq and static "
+                                                  "(static uses the built-in English and Chinese texts without it)")
+    quant.add_argument("--keep-sensitive", type=int, metavar="N",
+                       help="keep the N MatMuls the sensitivity pass finds most sensitive one step up "
+                            "(int4 at int8, int8 at fp32)")
+    quant.add_argument("--min-cosine", type=float, metavar="X",
+                       help=f"keep the fewest most sensitive MatMuls one step up that bring the output's mean "
+                            f"cosine to the fp32 graph to X (int4 default {quantize.DEFAULT_MIN_COSINE})")
+    quant.add_argument("--embeddings", choices=("int8", "fp32"),
+                       help="embedding tables (Gather) at int8 (default on the optimum backend) or left fp32")
     quant.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256),
                        help=f"MatMulNBits block size (default {recipe.DEFAULT_BLOCK_SIZE}; 128 decodes faster, "
                             "32 is more accurate)")
@@ -235,6 +286,29 @@ def _unexpected(exc: Exception) -> str:
         return f"{exc.filename}: {exc.strerror or exc.__class__.__name__}"
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return f"unexpected {exc.__class__.__name__}" + (f": {first}" if first else "")
+
+
+def _inspect_main(argv: list[str]) -> int:
+    from export.inspect_package import describe
+
+    prog = "appliance-export inspect"
+    parser = _Parser(prog=prog)
+    parser.add_argument("package", type=Path)
+    parser.add_argument("--json", action="store_true", help="the manifest's recipe and validation as JSON")
+    as_json = "--json" in argv
+    try:
+        args = parser.parse_args(argv)
+        manifest = open_package(args.package)
+    except BadOptions as exc:
+        return _fail(prog, str(exc), EXIT_REFUSED, as_json)
+    except PackageError as exc:
+        return _fail(prog, str(exc), EXIT_FAILED, as_json)
+    if args.json:
+        print(json.dumps({"package": str(args.package), "precision": manifest.precision,
+                          "quantization": manifest.quantization, "validation": manifest.validation}, indent=2))
+    else:
+        print(describe(manifest))
+    return 0
 
 
 def _verify_main(argv: list[str]) -> int:
@@ -278,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv[:1] == ["verify"]:
         return _verify_main(argv[1:])
+    if argv[:1] == ["inspect"]:
+        return _inspect_main(argv[1:])
     prog = "appliance-export"
     as_json = "--json" in argv  # known before parsing, so that a usage error is JSON too
     phases = Phases(quiet=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnx
@@ -26,22 +27,23 @@ def io_signature(model_path: Path) -> IOSignature:
     )
 
 
-def matmul_nbits_settings(model_path: Path) -> set[tuple[int, int, int, bool]]:
-    """(bits, block_size, accuracy_level, symmetric) of each MatMulNBits node, as a set (empty when
-    the graph has none). accuracy_level 0 means the attribute is absent; symmetric means the node
-    has no zero-points input."""
+def matmul_nbits_nodes(model_path: Path) -> dict[str, tuple[int, int, int, bool]]:
+    """(bits, block_size, accuracy_level, symmetric) of each MatMulNBits node, by the name of the
+    MatMul it replaced (the quantizers append _Q<bits>). accuracy_level 0 means the attribute is
+    absent; symmetric means the node has no zero-points input."""
     model = onnx.load(str(model_path), load_external_data=False)
-    settings = set()
+    settings = {}
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         zero_points = len(node.input) > 3 and node.input[3] != ""
-        settings.add((attributes.get("bits", 4), attributes.get("block_size"), attributes.get("accuracy_level", 0),
-                      not zero_points))
+        settings[re.sub(r"_Q\d+$", "", node.name)] = (attributes.get("bits", 4), attributes.get("block_size"),
+                                                     attributes.get("accuracy_level", 0), not zero_points)
     return settings
 
 
-def matmul_nbits_widths(model_path: Path) -> set[int]:
-    """The weight bit-widths of the graph's MatMulNBits nodes (empty when it has none)."""
-    return {bits for bits, _, _, _ in matmul_nbits_settings(model_path)}
+def matmul_nbits_settings(model_path: Path) -> set[tuple[int, int, int, bool]]:
+    """The distinct (bits, block_size, accuracy_level, symmetric) of the graph's MatMulNBits nodes."""
+    return set(matmul_nbits_nodes(model_path).values())
+

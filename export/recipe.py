@@ -7,11 +7,17 @@ accuracy_level and zero points), with onnxruntime 1.32 and onnxruntime-genai 0.1
 
 - builder int4: rtn and k_quant take the block size and accuracy level; rtn takes --asymmetric,
   k_quant writes zero points (asymmetric) whatever is asked.
-- builder int8: rtn only; with any other method genai 0.15.2 writes 4-bit weights.
+- builder int8: rtn only; with any other method genai 0.15.2 writes 4-bit weights. The builder
+  quantizes in its own process, so it has no sensitivity pass (no mixed precision); it shares
+  tied embeddings with the LM head by itself (its shared_embeddings option follows the config).
 - optimum int4 (onnxruntime's MatMulNBitsQuantizer): rtn and gptq take all three settings (gptq
   also a calibration file, which it needs); k_quant and hqq always write zero points; hqq writes
-  no accuracy level, so quantize.py sets it on the nodes afterwards.
-- optimum int8 (quantize_dynamic, per-channel symmetric) and every fp32 / fp16 export take none.
+  no accuracy level, so quantize.py sets it on the nodes afterwards. All but gptq (which ignores
+  excluded nodes) take the sensitivity pass's mixed precision.
+- optimum int8: rtn (weight-only MatMulNBits, 8 bits) takes the settings above and mixed
+  precision; dynamic (quantize_dynamic, per-channel, the old default) and static (QDQ,
+  per-channel, calibrated on --calibration-file or the built-in texts) take none of them.
+- every fp32 / fp16 export takes none.
 
 The exporter compares the recipe with the written graph afterwards (cli._check_recipe), so a
 library that changes what it honours fails the export instead of the manifest lying.
@@ -39,15 +45,21 @@ class BadOptions(ExportError):
 class Method:
     # None: follows --asymmetric; True / False: what the method always writes.
     symmetric: Optional[bool] = None
-    calibrated: bool = False
+    calibration: str = "none"  # "none", "optional" (built-in texts otherwise) or "required"
+    blocks: bool = True  # MatMulNBits: takes --block-size, --accuracy-level, --asymmetric
+    mixable: bool = True  # takes --keep-sensitive / --min-cosine
+    embeddings: bool = True  # takes --embeddings
 
 
-# (backend, precision) -> the weight-only methods it implements there.
+# (backend, precision) -> the methods it implements there.
 METHODS = {
-    ("builder", "int4"): {"rtn": Method(), "k_quant": Method(symmetric=False)},
-    ("builder", "int8"): {"rtn": Method()},
+    ("builder", "int4"): {"rtn": Method(mixable=False, embeddings=False),
+                          "k_quant": Method(symmetric=False, mixable=False, embeddings=False)},
+    ("builder", "int8"): {"rtn": Method(mixable=False, embeddings=False)},
     ("optimum", "int4"): {"rtn": Method(), "k_quant": Method(symmetric=False), "hqq": Method(symmetric=False),
-                          "gptq": Method(calibrated=True)},
+                          "gptq": Method(calibration="required", mixable=False)},
+    ("optimum", "int8"): {"rtn": Method(), "dynamic": Method(blocks=False, mixable=False),
+                          "static": Method(calibration="optional", blocks=False, mixable=False)},
 }
 
 
@@ -60,12 +72,20 @@ class QuantOptions:
     accuracy_level: Optional[int] = None
     asymmetric: bool = False
     calibration_file: Optional[Path] = None
+    keep_sensitive: Optional[int] = None
+    min_cosine: Optional[float] = None
+    embeddings: Optional[str] = None
+
+    def flags(self) -> list[tuple[str, object, str]]:
+        """(flag, value, the Method property that must allow it)."""
+        return [("--quant-method", self.method, ""), ("--block-size", self.block_size, "blocks"),
+                ("--accuracy-level", self.accuracy_level, "blocks"), ("--asymmetric", self.asymmetric or None, "blocks"),
+                ("--calibration-file", self.calibration_file, "calibration"),
+                ("--keep-sensitive", self.keep_sensitive, "mixable"), ("--min-cosine", self.min_cosine, "mixable"),
+                ("--embeddings", self.embeddings, "embeddings")]
 
     def given(self) -> list[str]:
-        flags = (("--quant-method", self.method), ("--block-size", self.block_size),
-                 ("--accuracy-level", self.accuracy_level), ("--asymmetric", self.asymmetric or None),
-                 ("--calibration-file", self.calibration_file))
-        return [flag for flag, value in flags if value is not None]
+        return [flag for flag, value, _ in self.flags() if value is not None]
 
 
 def check_precision_target(precision: str, target: str) -> None:
@@ -80,24 +100,39 @@ def resolve(backend: str, precision: str, options: QuantOptions) -> QuantRecipe:
     if methods is None:
         given = options.given()
         if given:
-            what = ("per-channel dynamic int8 (quantize_dynamic), which has no blocks, accuracy levels, "
-                    "zero points or methods to choose" if precision == "int8" else "no quantization")
             raise BadOptions(f"{given[0]} does not apply to --precision {precision} on the {backend} backend: "
-                             f"it runs {what}")
+                             "it runs no quantization")
         return QuantRecipe()
     name = options.method or DEFAULT_METHOD
     method = methods.get(name)
     if method is None:
         raise BadOptions(f"--quant-method {name} is not implemented by the {backend} backend for --precision "
                          f"{precision} (it implements {', '.join(methods)})")
-    if options.calibration_file is not None and not method.calibrated:
-        raise BadOptions(f"--calibration-file is not used by --quant-method {name} on the {backend} backend "
-                         "(only gptq, on the optimum backend, calibrates)")
-    if method.calibrated and options.calibration_file is None:
+    for flag, value, needs in options.flags():
+        allowed = method.calibration != "none" if needs == "calibration" else getattr(method, needs, True)
+        if value is not None and not allowed:
+            raise BadOptions(f"{flag} is not used by --quant-method {name} on the {backend} backend "
+                             f"for --precision {precision}" + _why(needs, backend))
+    if method.calibration == "required" and options.calibration_file is None:
         raise BadOptions(f"--quant-method {name} needs --calibration-file (one text per line)")
     if options.calibration_file is not None and not options.calibration_file.is_file():
         raise BadOptions(f"--calibration-file {options.calibration_file} does not exist")
+    if options.keep_sensitive is not None and options.min_cosine is not None:
+        raise BadOptions("--keep-sensitive and --min-cosine both choose the kept MatMuls; give one")
+    if options.min_cosine is not None and not 0.0 < options.min_cosine <= 1.0:
+        raise BadOptions(f"--min-cosine {options.min_cosine} is not a cosine in (0, 1]")
+    if options.keep_sensitive is not None and options.keep_sensitive < 0:
+        raise BadOptions(f"--keep-sensitive {options.keep_sensitive} is not a count of MatMuls")
     symmetric = not options.asymmetric if method.symmetric is None else method.symmetric
     return QuantRecipe(block_size=options.block_size or DEFAULT_BLOCK_SIZE,
                        accuracy_level=options.accuracy_level or DEFAULT_ACCURACY_LEVEL,
-                       symmetric=symmetric, method=name, calibration_file=options.calibration_file)
+                       symmetric=symmetric, method=name, calibration_file=options.calibration_file,
+                       embeddings=options.embeddings or ("int8" if method.embeddings else "fp32"),
+                       keep_sensitive=options.keep_sensitive, min_cosine=options.min_cosine)
+
+
+def _why(needs: str, backend: str) -> str:
+    if backend == "builder" and needs in ("mixable", "embeddings"):
+        return " (the builder quantizes in its own process: no sensitivity pass, and it shares tied embeddings itself)"
+    return {"calibration": " (gptq and static calibrate)", "mixable": " (rtn, k_quant and hqq mix precisions)",
+            "blocks": " (it writes no MatMulNBits blocks)"}.get(needs, "")

@@ -17,7 +17,8 @@ from tests.conftest import export_or_fail, run_export
 def recipe_in_graph(package, manifest) -> tuple[set, set]:
     """What the manifest's recipe says every MatMulNBits node holds, next to what they hold."""
     q = manifest.quantization
-    wanted = {(q["bits"], q["block_size"], q["accuracy_level"], q["symmetric"])}
+    widths = {int(p[3:]) for p in q["nodes"].values() if p.startswith("int")} if "nodes" in q else {q["bits"]}
+    wanted = {(bits, q["block_size"], q["accuracy_level"], q["symmetric"]) for bits in widths}
     return wanted, matmul_nbits_settings(package / manifest.model_file)
 
 CPU_PRECISIONS = ("fp32", "int8", "int4")
@@ -135,10 +136,13 @@ def no_heavy_work(monkeypatch):
      "--calibration-file is not used by --quant-method rtn on the builder backend"),
     ("llama", ["--precision", "fp32", "--block-size", "128"],
      "--block-size does not apply to --precision fp32 on the builder backend"),
-    ("bert", ["--precision", "int8", "--block-size", "128"],
-     "--block-size does not apply to --precision int8 on the optimum backend"),
-    ("bert", ["--precision", "int8", "--asymmetric"], "--asymmetric does not apply to --precision int8 on the optimum"),
-    ("bert", ["--precision", "int8", "--quant-method", "gptq"], "--quant-method does not apply to --precision int8"),
+    ("bert", ["--precision", "int8", "--quant-method", "static", "--block-size", "128"],
+     "--block-size is not used by --quant-method static on the optimum backend for --precision int8"),
+    ("bert", ["--precision", "int8", "--quant-method", "dynamic", "--asymmetric"],
+     "--asymmetric is not used by --quant-method dynamic on the optimum backend"),
+    ("bert", ["--precision", "int8", "--quant-method", "gptq"],
+     "--quant-method gptq is not implemented by the optimum backend for --precision int8 (it implements rtn, "
+     "dynamic, static)"),
     ("bert", ["--precision", "fp32", "--accuracy-level", "1"], "--accuracy-level does not apply to --precision fp32"),
     ("bert", ["--precision", "int4", "--calibration-file", "CALIBRATION"],
      "--calibration-file is not used by --quant-method rtn on the optimum backend"),
@@ -174,13 +178,19 @@ def test_classification_packages_keep_their_labels(sources, tmp_path, name, task
     assert manifest.validation["logits_rel_diff"] < 1e-3 and manifest.validation["label_agreement"] == 1.0
 
 
-def test_real_minilm_int8_keeps_cosine_099(models_dir):
+def test_real_minilm_int8_default_keeps_cosine_0995_at_under_half_the_size(models_dir):
     manifest = open_package(models_dir / "minilm")
-    figures = manifest.validation
+    figures, q = manifest.validation, manifest.quantization
     assert figures["sentences"] >= 50
-    assert figures["cosine_mean"] >= 0.99
-    assert manifest.quantization["per_channel"] is True
+    assert figures["cosine_mean"] >= 0.995 and figures["cosine_min"] >= 0.985
+    assert (q["method"], q["op"], q["bits"], q["embeddings"]["precision"]) == ("rtn", "MatMulNBits", 8, "int8")
     assert manifest.pooling.mode == "graph" and manifest.embedding_dim == 384
+    # The per-node table, most sensitive first, and each node's precision.
+    table = q["sensitivity"]["nodes"]
+    assert len(table) == 36 and set(q["nodes"]) == {row["node"] for row in table}
+    assert [row["cosine_mean"] for row in table] == sorted(row["cosine_mean"] for row in table)
+    # Under half the fp32 package (90 MB): the embedding table shrinks with the MatMuls.
+    assert sum(f.size for f in manifest.files.values()) < 45e6
 
 
 def test_real_minilm_fp32_is_near_exact(sources, tmp_path):
