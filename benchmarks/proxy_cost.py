@@ -28,7 +28,8 @@ from tests.deploy.proxies import Proxy  # noqa: E402  (the tests start the proxi
 async def one_round(package: str, target: str, streams: int, tokens: int):
     from appliance.async_client import AsyncApplianceClient
 
-    prompts = [f"Customer {i} asks: where is my parcel number {1000 + i}? It was due last week." for i in range(streams)]
+    prompts = [f"Customer {i} asks: where is my parcel number {1000 + i}? It was due last week."
+               for i in range(streams)]
     async with AsyncApplianceClient(target) as client:
         def stream(i):
             async def chunks():

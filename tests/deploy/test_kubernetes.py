@@ -121,7 +121,8 @@ def test_checkov_finds_no_failed_check_and_every_skip_says_why():
     reports = json.loads(done.stdout)
     report = reports[0] if isinstance(reports, list) else reports
     results = report["results"]
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}" for c in results["failed_checks"]]
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+              for c in results["failed_checks"]]
     assert failed == [], "\n".join(failed)
     unexplained = [c["check_id"] for c in results["skipped_checks"] if not (c.get("check_result") or {}).get(
         "suppress_comment", "").strip()]

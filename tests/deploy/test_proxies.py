@@ -67,7 +67,8 @@ def test_a_fleet_behind_the_proxy_survives_a_drain_and_a_kill(kind, models_dir, 
     failed = [o for o in outcomes if o.code is not None]
     cut = [o for o in failed if o.started <= killed_at <= o.ended]
     print(f"\n{kind}: {len(outcomes)} streams; per backend (drained, survivor, killed) before the drain {before}, "
-          f"when the drained one exited {at_drain} ({drain_s:.2f} s drain, {in_flight} in flight finished there), at the end {after}; "
+          f"when the drained one exited {at_drain} ({drain_s:.2f} s drain, {in_flight} in flight finished there), "
+          f"at the end {after}; "
           f"{len(failed)} failed ({sorted({f'{o.code.name}: {o.detail}' for o in failed})}), "
           f"{len(cut)} of them running at the kill; "
           f"{kind} stopped sending to the killed one {noticed_s * 1e3:.0f} ms after it; health at the end {health}")
