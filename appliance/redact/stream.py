@@ -92,7 +92,8 @@ class RedactionStream:
             if last:
                 raise RuntimeError("close() with text after close()")
             return ""
-        self._take(last)
+        if last:
+            self._take(last)
         if self._decoder is not None:
             rest = self._decoder.decode(b"", final=True)
             if rest:

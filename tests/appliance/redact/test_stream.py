@@ -97,6 +97,12 @@ def test_hold_back_never_exceeds_the_bound_on_ordinary_text(redactor):
         assert stream.held_back <= 40  # a few tokens, not the whole bound
 
 
+def test_a_character_cut_short_at_the_end_becomes_a_replacement_character(redactor):
+    stream = redactor.stream()
+    assert stream.feed(b"mail bob@example.org \xc3") == "mail [EMAIL_ADDRESS] "
+    assert stream.close() == "\ufffd"
+
+
 def test_bytes_and_str_may_not_mix_inside_a_character(redactor):
     stream = redactor.stream()
     stream.feed("电".encode()[:2])
