@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "offline"))
 
-from wheelhouse import WheelhouseError, join_parts  # noqa: E402
+from wheelhouse import WheelhouseError, join_parts, without_dependencies  # noqa: E402
 
 GPU_TESTS = ("tests/appliance/engine/test_engine_gpu.py", "tests/export/test_export_gpu.py")
 BENCH = REPO / "benchmarks" / "engine" / "bench_engine.py"
@@ -147,6 +147,10 @@ def environment(check: Check, wheelhouse: Path | None, venv: Path) -> str | None
                      "appliance[cuda]", "pytest"], min(check.left_s(), 300))
         if done.returncode != 0:
             raise WheelhouseError(f"pip install --no-index: {_last_line(done)}")
+        done = _run([str(python), "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheelhouse),
+                     "--no-deps", *without_dependencies("cuda")], 120)
+        if done.returncode != 0:
+            raise WheelhouseError(f"pip install --no-deps: {_last_line(done)}")
     except (WheelhouseError, OSError, subprocess.TimeoutExpired) as exc:
         check.add("environment", "failed", str(exc).splitlines()[0], since)
         return None

