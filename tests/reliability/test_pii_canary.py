@@ -25,10 +25,16 @@ CANARIES = {
     "cn_id": "11010519491231002X",
     "ssn": "536-22-8475",
     "name": "Zhang Weiqiang",
+    # Names and addresses written without a trigger phrase, as support traffic has them.
+    "en_person": "Sarah Miller",
+    "zh_person": "张伟强",
+    "en_address": "42 Oak Avenue, Austin, TX 78701",
+    "zh_address": "北京市朝阳区建国路88号",
 }
 TEXT = (f"My name is {CANARIES['name']}, mail {CANARIES['email']}, call {CANARIES['phone']} or "
         f"{CANARIES['cn_mobile']}; card {CANARIES['card']}, IBAN {CANARIES['iban']}, "
-        f"身份证 {CANARIES['cn_id']}, SSN {CANARIES['ssn']}.")
+        f"身份证 {CANARIES['cn_id']}, SSN {CANARIES['ssn']}; {CANARIES['en_person']} asked to ship to "
+        f"{CANARIES['en_address']}; 客户{CANARIES['zh_person']}来电，寄到{CANARIES['zh_address']}。")
 
 
 def needles() -> list[str]:
