@@ -2,11 +2,16 @@
 
     .venv/bin/python benchmarks/http_vs_grpc.py PACKAGE [--tokens 64] [--runs 3]
 
-Per door and concurrency: time to first token (p50, measured by the client) and aggregate tokens/s.
-Three clients take turns in each round, so machine noise hits them alike: gRPC (the bundled asyncio
+Per door and concurrency: time to first token (p50, measured by the client), aggregate tokens/s,
+and the daemon's own CPU time per token (from /proc: what the door costs the server, whatever else
+the machine is doing). Three clients take turns in each round, so machine noise hits them alike: gRPC (the bundled asyncio
 client), HTTP through the official `openai` SDK (what applications run; its per-chunk parsing is
 client work on this same machine), and HTTP read as raw server-sent events with aiohttp (the door's
-own cost). Greedy, ignore_eos, no redaction.
+own cost). Greedy, ignore_eos, no redaction. An HTTP chunk carries text, so a token that ends
+inside a UTF-8 character sends nothing and HTTP's TTFT is to the first text (random-weight models
+write many such tokens); a gRPC message carries token ids from the first token on. On a small
+machine the clients share the daemon's cores, so their own per-chunk work (the SDK's above all)
+lowers every door's tokens/s; the CPU column is the daemon's alone.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +29,12 @@ from serving import free_port, serve_alone  # noqa: E402
 
 LEVELS = (1, 8)
 DOORS = ("gRPC", "HTTP (openai SDK)", "HTTP (raw SSE)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -47,7 +59,7 @@ def main() -> int:
             "stream_options": {"include_usage": True}}
     results: dict[tuple[str, int], list] = {}
 
-    async def run_all(target: str):
+    async def run_all(target: str, pid: int):
         async with AsyncApplianceClient(target) as grpc_client, \
                 openai.AsyncOpenAI(base_url=f"http://{http}/v1", api_key="unused", max_retries=0) as sdk, \
                 aiohttp.ClientSession() as session:
@@ -84,26 +96,31 @@ def main() -> int:
                 return stream()
 
             factories = dict(zip(DOORS, (over_grpc, over_sdk, over_sse)))
-            for factory in factories.values():  # warm-up
-                await drive(factory, 2)
+            for factory in factories.values():  # warm-up; the HTTP clients' pools then hold a connection per stream
+                await drive(factory, max(LEVELS))
             for _ in range(args.runs):
                 for n in LEVELS:
                     for door, factory in factories.items():
-                        results.setdefault((door, n), []).append(await drive(factory, n))
+                        cpu = cpu_seconds(pid)
+                        ttfts, _, rate = await drive(factory, n)
+                        # The daemon's CPU over the same span; every stream writes args.tokens tokens.
+                        results.setdefault((door, n), []).append((ttfts, rate, cpu_seconds(pid) - cpu))
 
-    with serve_alone(package, config, args.threads) as (target, _):
-        asyncio.run(run_all(target))
+    with serve_alone(package, config, args.threads) as (target, daemon):
+        asyncio.run(run_all(target, daemon.pid))
 
     print(f"package {model}, {args.tokens} tokens per stream, {args.runs} rounds, {args.threads} threads "
           "(medians over rounds; TTFT p50 in ms, measured by the client)")
-    print(f"{'door':18} {'streams':>7} {'TTFT p50':>9} {'tok/s':>7} {'vs gRPC':>8}")
+    print(f"{'door':18} {'streams':>7} {'TTFT p50':>9} {'tok/s':>7} {'vs gRPC':>8} {'daemon CPU us/token':>20}")
     for n in LEVELS:
-        base = statistics.median(rate for _, _, rate in results[("gRPC", n)])
+        base = statistics.median(rate for _, rate, _ in results[("gRPC", n)])
+        n_tokens = n * args.tokens
         for door in DOORS:
             rounds = results[(door, n)]
             ttft = statistics.median(pct(ttfts, 50) for ttfts, _, _ in rounds)
-            rate = statistics.median(r for _, _, r in rounds)
-            print(f"{door:18} {n:7d} {ttft:9.1f} {rate:7.0f} {rate / base:8.2f}")
+            rate = statistics.median(r for _, r, _ in rounds)
+            cpu = statistics.median(c for _, _, c in rounds) / n_tokens * 1e6
+            print(f"{door:18} {n:7d} {ttft:9.1f} {rate:7.0f} {rate / base:8.2f} {cpu:20.0f}")
     return 0
 
 
