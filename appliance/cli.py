@@ -165,8 +165,10 @@ def _redact(args) -> int:
 
             return _redact_with(remote, None, args)
     from appliance.redact import Redactor, RedactorSettings
+    from appliance.redact.ner import NER_LANGUAGES, load_ner
 
-    redactor = Redactor(RedactorSettings(operator=args.operator))
+    # As the daemon does by default: every installed name and address backend.
+    redactor = Redactor(RedactorSettings(operator=args.operator), ner=load_ner(NER_LANGUAGES)[0])
 
     def local(text: str):
         result = redactor.redact(text)

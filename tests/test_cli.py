@@ -39,13 +39,13 @@ def test_models_and_embed_commands(daemon):
 
 
 def test_redact_command_locally_and_through_the_daemon(daemon):
-    text = "Mail bob@example.org, 身份证11010519491231002X\n"
+    text = "Mail bob@example.org, 身份证11010519491231002X; Sarah Miller called, 客户张伟来电\n"
     local = subprocess.run([sys.executable, "-m", "appliance.cli", "redact"], input=text, capture_output=True,
                            text=True, timeout=60)
     remote = subprocess.run([sys.executable, "-m", "appliance.cli", "redact", "--target", daemon.target], input=text,
                             capture_output=True, text=True, timeout=60)
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr
-    assert local.stdout == remote.stdout == "Mail [EMAIL_ADDRESS], 身份证[CN_RESIDENT_ID]\n"
+    assert local.stdout == remote.stdout == "Mail [EMAIL_ADDRESS], 身份证[CN_RESIDENT_ID]; [PERSON] called, 客户[PERSON]来电\n"
 
 
 # ---- bad usage: one line on stderr naming the flag or file, exit code 2, never a traceback --------
