@@ -130,11 +130,11 @@ class OpenAIRoutes:
         reply = replies.Reply(chat)
 
         def parse(model):
-            request = body.text_request(self.core.default_max_tokens)
+            text_request = body.text_request(self.core.default_max_tokens)
             reply.model = model.name
-            if request.params.logprobs is not None:
+            if text_request.params.logprobs is not None:
                 reply.tokenizer = _tokenizer(model.path, model.version)
-            return request
+            return text_request
 
         async with contextlib.aclosing(self.core.generate(call, key, body.model, parse)) as pieces:
             if not body.stream:
