@@ -10,11 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO / "deploy" / "nginx" / "appliance.conf"
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
-# The placeholder appliances in the shipped files, in order.
-_BACKEND = re.compile(r"10\.0\.0\.1\d:50051")
+# The placeholder appliances in the shipped files: 10.0.0.11 .. 13, gRPC on 50051, HTTP on 8080
+# (and HAProxy's `port 50051`, the gRPC port its check of an HTTP server goes to).
+_BACKEND = re.compile(r"10\.0\.0\.1(\d):(50051|8080)( port 50051)?")
 
 _NGINX_MAIN = """daemon off;
 worker_processes 1;
@@ -33,13 +36,17 @@ http {{
 """
 
 
-def _backends(text: str, targets: list[str]) -> str:
-    found = _BACKEND.findall(text)
-    if len(found) != len(targets):
-        raise ValueError(f"the shipped config names {len(found)} backends; the test brings {len(targets)}")
-    for placeholder, target in zip(found, targets):
-        text = text.replace(placeholder, target, 1)
-    return text
+def _backends(text: str, grpc_targets: list[str], http_targets: list[str]) -> str:
+    def target(match: re.Match) -> str:
+        index = int(match.group(1)) - 1
+        if match.group(2) == "50051":
+            return grpc_targets[index]
+        check = f" port {grpc_targets[index].rpartition(':')[2]}" if match.group(3) else ""
+        return http_targets[index] + check
+
+    if {int(m.group(1)) for m in _BACKEND.finditer(text)} != set(range(1, len(grpc_targets) + 1)):
+        raise ValueError(f"the shipped config does not name {len(grpc_targets)} appliances 10.0.0.11..")
+    return _BACKEND.sub(target, text)
 
 
 def wait_listening(port: int, timeout_s: float = 10) -> None:
@@ -57,19 +64,28 @@ def wait_listening(port: int, timeout_s: float = 10) -> None:
 class Proxy:
     """nginx or haproxy in the foreground, from its shipped config, until `stop`."""
 
-    def __init__(self, kind: str, port: int, targets: list[str], work: Path):
+    def __init__(self, kind: str, port: int, targets: list[str], work: Path, http_port: int = 0,
+                 http_targets: list[str] | None = None):
+        """`port` and `targets`: gRPC; `http_port` and `http_targets`: the OpenAI HTTP door (the
+        gRPC targets stand in where the daemons run none)."""
         self.kind, self.port, self.work = kind, port, work
+        self.http_port = http_port or free_port()
+        http_targets = http_targets or targets
         work.mkdir(parents=True, exist_ok=True)
         self.log_path = work / f"{kind}.log"
         if kind == "nginx":
-            conf = _backends(NGINX_CONF.read_text(), targets).replace("listen 50051", f"listen 127.0.0.1:{port}")
+            conf = _backends(NGINX_CONF.read_text(), targets, http_targets)
+            conf = conf.replace("listen 50051", f"listen 127.0.0.1:{port}")
+            conf = conf.replace("listen 8080", f"listen 127.0.0.1:{self.http_port}")
             (work / "appliance.conf").write_text(conf)
             (work / "nginx.conf").write_text(_NGINX_MAIN.format(work=work))
             command = [shutil.which("nginx"), "-p", str(work), "-e", str(work / "error.log"),
                        "-c", str(work / "nginx.conf")]
         else:
             self.stats_socket = work / "haproxy.sock"
-            cfg = _backends(HAPROXY_CFG.read_text(), targets).replace("bind :50051", f"bind 127.0.0.1:{port}")
+            cfg = _backends(HAPROXY_CFG.read_text(), targets, http_targets)
+            cfg = cfg.replace("bind :50051", f"bind 127.0.0.1:{port}").replace("bind :8080",
+                                                                                f"bind 127.0.0.1:{self.http_port}")
             cfg = cfg.replace("/run/haproxy/admin.sock", str(self.stats_socket))
             (work / "haproxy.cfg").write_text(cfg)
             command = [shutil.which("haproxy"), "-db", "-f", str(work / "haproxy.cfg")]
@@ -81,14 +97,18 @@ class Proxy:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def server_status(self) -> dict[str, str]:
-        """HAProxy's view of each backend (app1.. in config order): UP, DOWN, ..."""
+    @property
+    def http_target(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def server_status(self, backend: str = "appliance_grpc") -> dict[str, str]:
+        """HAProxy's view of each server of `backend` (app1.. in config order): UP, DOWN, ..."""
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.stats_socket))
             s.sendall(b"show stat\n")
             text = s.makefile().read()
         rows = [line.split(",") for line in text.splitlines() if line and not line.startswith("#")]
-        return {row[1]: row[17] for row in rows if row[0] == "appliance_grpc" and row[1] != "BACKEND"}
+        return {row[1]: row[17] for row in rows if row[0] == backend and row[1] != "BACKEND"}
 
     def error_log(self) -> str:
         path = self.work / "error.log"

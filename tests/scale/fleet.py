@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import shutil
 import threading
@@ -19,6 +20,7 @@ from appliance.v1 import inference_pb2 as pb, inference_pb2_grpc
 from tests.conftest import DaemonProcess, free_port, wait_for
 
 MAX_TOKENS = 60
+GENERATIONS = ("Generate", "completions")  # the rpc label of a generation, gRPC and HTTP
 # Behind a proxy a client retries a call refused with UNAVAILABLE (an appliance that drains, or
 # a proxy with no backend left); gRPC retries only before the first response message, so a
 # stream is never replayed. No health checking: the health service behind a proxy is whichever
@@ -34,8 +36,9 @@ RETRYING_SERVICE_CONFIG = json.dumps({"methodConfig": [{
 class Outcome:
     started: float
     ended: float
-    # None: completed with every token; a stream that ended early without an error counts as UNKNOWN.
-    code: Optional[grpc.StatusCode]
+    # None: completed with every token. Else the gRPC status name, or "HTTP <status>" for the HTTP
+    # door; a stream that ended early without an error counts as INCOMPLETE.
+    code: Optional[str]
     detail: str = ""
 
 
@@ -47,11 +50,13 @@ class Fleet:
         models.mkdir(parents=True)
         shutil.copytree(models_dir / "llama", models / "llama")
         self.metrics_ports = [free_port() for _ in range(size)]
+        self.http_targets = [f"127.0.0.1:{free_port()}" for _ in range(size)]  # the OpenAI HTTP door
         self.daemons = []
-        for port in self.metrics_ports:
+        for port, http_target in zip(self.metrics_ports, self.http_targets):
             config = work / f"appliance-{port}.toml"
             config.write_text(f'[server]\nmetrics_listen = "127.0.0.1:{port}"\n')
-            self.daemons.append(DaemonProcess(models, "--config", str(config), "--grace-period", "20"))
+            self.daemons.append(DaemonProcess(models, "--config", str(config), "--grace-period", "20",
+                                              "--http-listen", http_target))
         for daemon in self.daemons:
             daemon.wait_serving(120)
         self.last_seen = [0] * size  # streams each served, as last read (a gone daemon keeps its count)
@@ -61,7 +66,8 @@ class Fleet:
         return [d.target for d in self.daemons]
 
     def served(self) -> list[int]:
-        """Generate calls each appliance has finished OK (its metrics; the last reading once gone)."""
+        """Generations (gRPC Generate, HTTP completions) each appliance has finished OK (its
+        metrics; the last reading once gone)."""
         for i, port in enumerate(self.metrics_ports):
             if self.daemons[i].proc.poll() is not None:
                 continue
@@ -70,7 +76,7 @@ class Fleet:
                 self.last_seen[i] = int(sum(
                     sample.value for family in text_string_to_metric_families(text)
                     if family.name == "appliance_requests" for sample in family.samples
-                    if sample.name == "appliance_requests_total" and sample.labels.get("rpc") == "Generate"
+                    if sample.name == "appliance_requests_total" and sample.labels.get("rpc") in GENERATIONS
                     and sample.labels.get("status") == "OK"))
         return list(self.last_seen)
 
@@ -84,10 +90,11 @@ class Fleet:
 
 
 class StreamLoad:
-    """`workers` threads streaming Generate back to back over one channel until `stop`."""
+    """`workers` threads streaming `stream_one()` back to back until `stop`; each call returns
+    (code, detail) as Outcome has them."""
 
-    def __init__(self, channel: grpc.Channel, workers: int = 8):
-        self.stub = inference_pb2_grpc.InferenceStub(channel)
+    def __init__(self, stream_one, workers: int = 8):
+        self._stream_one = stream_one
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
@@ -95,15 +102,9 @@ class StreamLoad:
             thread.start()
 
     def _run(self) -> None:
-        request = pb.GenerateRequest(model="llama", prompt="the weather today", max_tokens=MAX_TOKENS, ignore_eos=True)
         while not self._stop.is_set():
             started = time.monotonic()
-            try:
-                last = list(self.stub.Generate(request, timeout=60))[-1]
-                complete = last.usage.completion_tokens == MAX_TOKENS
-                code, detail = (None, "") if complete else (grpc.StatusCode.UNKNOWN, "ended early without an error")
-            except grpc.RpcError as exc:
-                code, detail = exc.code(), exc.details() or ""
+            code, detail = self._stream_one()
             self.outcomes.append(Outcome(started, time.monotonic(), code, detail))
 
     def completed_after(self, moment: float) -> int:
@@ -114,6 +115,43 @@ class StreamLoad:
         for thread in self._threads:
             thread.join(60)
         return list(self.outcomes)
+
+
+def grpc_streams(channel: grpc.Channel):
+    """One Generate stream over `channel`, as StreamLoad's stream_one."""
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    request = pb.GenerateRequest(model="llama", prompt="the weather today", max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    def stream_one() -> tuple[Optional[str], str]:
+        try:
+            last = list(stub.Generate(request, timeout=60))[-1]
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details() or ""
+        return (None, "") if last.usage.completion_tokens == MAX_TOKENS else ("INCOMPLETE", "ended early")
+    return stream_one
+
+
+def http_streams(target: str):
+    """One streamed /v1/completions call (server-sent events) to `target`, as StreamLoad's stream_one."""
+    host, _, port = target.rpartition(":")
+    body = json.dumps({"model": "llama", "prompt": "the weather today", "max_tokens": MAX_TOKENS,
+                       "stream": True, "ignore_eos": True})
+
+    def stream_one() -> tuple[Optional[str], str]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 200:
+                return f"HTTP {response.status}", response.read(200).decode(errors="replace")
+            events = [line for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        except (OSError, http.client.HTTPException) as exc:
+            return "CUT", exc.__class__.__name__
+        finally:
+            connection.close()
+        finished = len(events) >= 2 and events[-1] == "data: [DONE]" and '"finish_reason":"length"' in events[-2]
+        return (None, "") if finished else ("INCOMPLETE", f"{len(events)} events, no [DONE] after a length finish")
+    return stream_one
 
 
 def wait_until(predicate, timeout_s: float, what: str) -> None:
