@@ -40,6 +40,7 @@ class DeviceBuffer:
         self.value = ort.OrtValue.ortvalue_from_shape_and_type(list(self.shape), self.dtype.type,
                                                                device.ort_device, device.device_id)
         self.ptr = self.value.data_ptr()
+        self.host: Optional[np.ndarray] = None  # a flat view, where the host can address the memory
 
     def address(self, offset: int) -> int:
         return self.ptr + offset * self.dtype.itemsize
@@ -58,7 +59,7 @@ class CpuDevice:
     def allocate(self, name: str, shape: tuple[int, ...], dtype) -> DeviceBuffer:
         buffer = DeviceBuffer(self, name, shape, dtype)
         raw = (ctypes.c_byte * (buffer.size * buffer.dtype.itemsize)).from_address(buffer.ptr)
-        buffer.host = np.frombuffer(raw, buffer.dtype)  # flat view, lives as long as the buffer
+        buffer.host = np.frombuffer(raw, buffer.dtype)  # lives as long as the buffer's OrtValue
         return buffer
 
     def bind(self, binding: ort.IOBinding, name: str, buffer: DeviceBuffer, first_row: int,
