@@ -203,8 +203,9 @@ class GenerationEngine:
             pass
 
     def _start(self, request: GenerationRequest) -> None:
-        request.state = RequestStream(TokenChooser(request.params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
-                                StopStrings(request.params.stop))
+        request.state = RequestStream(TokenChooser(request.params),
+                                      IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                                      StopStrings(request.params.stop))
         self.scheduler.add(request)
 
     def _reap(self) -> None:

@@ -106,7 +106,8 @@ def test_a_spare_row_leaves_the_rows_it_pads_with_as_they_were(block128):
     runner.prefill(0, [9, 8], 0)
     kv_before = [row_of(runner, buffer, 1)[:, :3] for buffer in runner._kv]
     runner.decode(np.asarray([4]), np.asarray([2]))
-    assert all(np.array_equal(row_of(runner, buffer, 1)[:, :3], before) for buffer, before in zip(runner._kv, kv_before))
+    assert all(np.array_equal(row_of(runner, buffer, 1)[:, :3], before)
+               for buffer, before in zip(runner._kv, kv_before))
     assert [row_of(runner, runner._mask, row).sum() for row in range(3)] == [3, 3, 0]
 
 

@@ -81,8 +81,9 @@ def test_cuda_greedy_tokens_agree_with_cpu_fp32_over_32_tokens(models_dir, cuda_
         on_gpu, _ = greedy(gpu, prompt)
         on_cpu, margins = greedy(cpu, prompt)
         parted = next((i for i, (a, b) in enumerate(zip(on_gpu, on_cpu)) if a != b), None)
-        assert parted is None or margins[parted] < NEAR_TIE[precision], \
-            f"{precision} on CUDA parts from CPU fp32 at token {parted} where fp32's top two are {margins[parted]:.3f} apart"
+        assert parted is None or margins[parted] < NEAR_TIE[precision], (
+            f"{precision} on CUDA parts from CPU fp32 at token {parted}, where fp32's top two logits are "
+            f"{margins[parted]:.3f} apart")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int4"])
