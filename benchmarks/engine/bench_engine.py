@@ -17,6 +17,7 @@ execution provider (cpu, cuda, tensorrt) and --cuda-graph whether decode steps r
 is compared with the one before it in the same run.
 Every contender gets the same prompts (32 tokens), greedy decoding, ignore-EOS, --threads threads.
 
+The contenders are loaded together and take turns, so the machine's drift falls on all of them.
 Printed per contender: batch-1 decode tokens/s and time to first token, and aggregate tokens/s at
 each --concurrency (1, 4, 8 and 16 concurrent sequences by default); for this engine also the
 fraction of the memory-bandwidth roofline on CPU (weight bytes read per step x steps per second /
@@ -254,12 +255,16 @@ def _hf_generate(model, batch, tokens):
     return first, decode_rate, len(batch) * tokens / total
 
 
-def measure(contender, all_prompts, tokens, repeat, concurrency) -> dict:
-    contender.run(all_prompts[:1], 4)  # warm-up
-    figures = {}
-    for n in concurrency:
-        runs = [contender.run(all_prompts[:n], tokens) for _ in range(repeat)]
-        figures[n] = runs
+def measure(live: list, all_prompts, tokens, repeat, concurrency) -> dict:
+    """Each contender's runs per concurrency. The contenders take turns, in a rotating order,
+    for every repeat and concurrency, so a machine that gets busier or quieter weighs on all."""
+    for contender in live:
+        contender.run(all_prompts[:1], 4)  # warm-up
+    figures = {contender.name: {n: [] for n in concurrency} for contender in live}
+    for turn in range(repeat):
+        for n in concurrency:
+            for contender in live[turn % len(live):] + live[: turn % len(live)]:
+                figures[contender.name][n].append(contender.run(all_prompts[:n], tokens))
     return figures
 
 
@@ -371,16 +376,16 @@ def main() -> int:
     bandwidth = read_bandwidth_gbs() if on_cpu else None
     weights = {name: step_weight_bytes(path) for name, path in packages.items()} if on_cpu else {}
 
-    results = {}
+    live = []
     for key, make in contenders(args, packages, source, fp32):
         try:
-            contender = make()
+            live.append(make())
         except Exception as exc:  # a contender this host cannot run (no genai build for the provider ...)
             print(f"not measured: {key}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
-            continue
-        try:
-            results[contender.name] = measure(contender, all_prompts, args.tokens, args.repeat, args.concurrency)
-        finally:
+    try:
+        results = measure(live, all_prompts, args.tokens, args.repeat, args.concurrency) if live else {}
+    finally:
+        for contender in live:
             contender.close()
 
     print(f"{', '.join(packages)} on {args.provider}; {PROMPT_TOKENS}-token prompts, {args.tokens} greedy tokens, "
