@@ -41,6 +41,7 @@ class DeviceBuffer:
                                                                device.ort_device, device.device_id)
         self.ptr = self.value.data_ptr()
         self.host: Optional[np.ndarray] = None  # a flat view, where the host can address the memory
+        self.staging: Optional[np.ndarray] = None  # where reads land, where it cannot
 
     def address(self, offset: int) -> int:
         return self.ptr + offset * self.dtype.itemsize
@@ -118,7 +119,6 @@ class CudaDevice(CpuDevice):
         self.device_id = device_id
         self._cuda = cuda or _cudart()  # cuda: a stand-in with the same calls, for tests
         self._check("cudaSetDevice", self._cuda.cudaSetDevice(device_id))
-        self._staging: dict[int, np.ndarray] = {}  # buffer ptr -> host array reads land in
         self._written = False
 
     def _check(self, call: str, code: int) -> None:
@@ -144,9 +144,9 @@ class CudaDevice(CpuDevice):
 
     def read(self, buffer: DeviceBuffer, offset: int, count: int) -> np.ndarray:
         self._count(TO_HOST, buffer, count)
-        staging = self._staging.get(buffer.ptr)
+        staging = buffer.staging
         if staging is None or staging.size < count:  # grows to the largest read, then is reused
-            staging = self._staging[buffer.ptr] = np.empty(count, buffer.dtype)
+            staging = buffer.staging = np.empty(count, buffer.dtype)
         self._check("cudaMemcpy", self._cuda.cudaMemcpy(ctypes.c_void_p(staging.ctypes.data),
                                                         ctypes.c_void_p(buffer.address(offset)),
                                                         count * buffer.dtype.itemsize, self._DEFAULT_KIND))
