@@ -91,7 +91,11 @@ class Proxy:
             command = [shutil.which("haproxy"), "-db", "-f", str(work / "haproxy.cfg")]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_listening(port)
+        try:
+            wait_listening(port)
+        except OSError:
+            self.stop()
+            raise RuntimeError(f"{kind} did not listen on {port}: {self.log_path.read_text()[-500:]}") from None
 
     @property
     def target(self) -> str:

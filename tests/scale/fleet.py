@@ -57,8 +57,12 @@ class Fleet:
             config.write_text(f'[server]\nmetrics_listen = "127.0.0.1:{port}"\n')
             self.daemons.append(DaemonProcess(models, "--config", str(config), "--grace-period", "20",
                                               "--http-listen", http_target))
-        for daemon in self.daemons:
-            daemon.wait_serving(120)
+        try:
+            for daemon in self.daemons:
+                daemon.wait_serving(120)
+        except BaseException:
+            self.__exit__()  # no with-block will: the constructor did not return
+            raise
         self.last_seen = [0] * size  # streams each served, as last read (a gone daemon keeps its count)
 
     @property
