@@ -376,12 +376,12 @@ def main() -> int:
     bandwidth = read_bandwidth_gbs() if on_cpu else None
     weights = {name: step_weight_bytes(path) for name, path in packages.items()} if on_cpu else {}
 
-    live = []
+    live, unmeasured = [], []
     for key, make in contenders(args, packages, source, fp32):
         try:
             live.append(make())
         except Exception as exc:  # a contender this host cannot run (no genai build for the provider ...)
-            print(f"not measured: {key}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
+            unmeasured.append(f"not measured: {key}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
     try:
         results = measure(live, all_prompts, args.tokens, args.repeat, args.concurrency) if live else {}
     finally:
@@ -396,6 +396,8 @@ def main() -> int:
                           for name, w in weights.items()))
     print_table(args, results)
     print_ratios(args, results, packages, weights, bandwidth)
+    for line in unmeasured:  # last, so that a caller reading the last line reads why
+        print(line)
     if args.json:
         per_contender = {name: summary(figures) for name, figures in results.items()}
         first = next(iter(per_contender.values()), {})
