@@ -66,6 +66,7 @@ class Metrics:
             failed_but_serving = result.outcome is ReloadOutcome.FAILED and bool(result.version)
             self.reload_failed.labels(result.name).set(int(failed_but_serving))
 
+
 class _ReplicaCollector:
     """appliance_replica_* with labels model and replica (0, 1, ...): what each engine of a decoder
     holds now and how many requests the registry routed to it."""
