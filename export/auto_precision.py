@@ -56,7 +56,10 @@ def measure_speed(package_dir: Path, manifest: Manifest) -> dict:
     if manifest.task == "feature-extraction":
         from appliance.engine.embedder import Embedder
 
-        run = Embedder(package_dir, manifest, tokenizer, cpu).embed
+        embedder = Embedder(package_dir, manifest, tokenizer, cpu)
+
+        def run(texts):
+            return embedder.embed(texts, normalize=True)
     else:
         from appliance.engine.classifier import Classifier
 

@@ -13,6 +13,7 @@ setting that changes the numbers is written down, and so is which node got which
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,6 +142,9 @@ def _mixed(fp32_model, bits: int, recipe: QuantRecipe, kept: list[str], reader=N
 
 def _weight_only(model, bits: int, recipe: QuantRecipe, exclude: list[str], reader):
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    # It logs a line for every node it skips: thousands per pass, and the sensitivity pass makes dozens.
+    logging.getLogger(nbits.__name__).setLevel(logging.WARNING)
 
     algo = None  # rtn: the quantizer's default (round to nearest, honouring is_symmetric)
     if recipe.method == "k_quant":

@@ -73,7 +73,10 @@ def main() -> int:
 
     source, sentences = minilm_dir(), heldout()
     ref = reference(source, sentences)
-    rows = []
+    fp32_bytes = None
+    print(f"all-MiniLM-L6-v2, {len(sentences)} held-out sentences, cosine to sentence-transformers (PyTorch):")
+    print(f"{'recipe':30} {'mean':>7} {'worst':>7} {'MB':>6} {'of fp32':>8} {'export s':>9} {'quantize s':>11} "
+          f"{'kept int8':>9} {'validation':>10}", flush=True)
     for label, extra in RECIPES:
         if args.only and label not in args.only:
             continue
@@ -88,18 +91,13 @@ def main() -> int:
             return 1
         summary = json.loads(done.stdout)
         cosines = (served(out, sentences) * ref).sum(axis=1)
-        kept = summary["quantization"].get("mixed_precision", {}).get("kept", "")
-        rows.append((label, float(cosines.mean()), float(cosines.min()), summary["package_bytes"], elapsed,
-                     summary["timings"].get("quantize", 0.0), kept, summary["validation"]["passed"]))
-        print(f"done: {label}", file=sys.stderr, flush=True)
-    fp32_bytes = next((row[3] for row in rows if row[0] == "fp32"), None)
-    print(f"all-MiniLM-L6-v2, {len(sentences)} held-out sentences, cosine to sentence-transformers (PyTorch):")
-    print(f"{'recipe':30} {'mean':>7} {'worst':>7} {'MB':>6} {'of fp32':>8} {'export s':>9} {'quantize s':>11} "
-          f"{'kept int8':>9} {'validation':>10}")
-    for label, mean, worst, size, elapsed, quantize_s, kept, passed in rows:
+        size = summary["package_bytes"]
+        fp32_bytes = size if label == "fp32" else fp32_bytes
         share = f"{size / fp32_bytes:8.0%}" if fp32_bytes else f"{'':8}"
-        print(f"{label:30} {mean:7.4f} {worst:7.4f} {size / 1e6:6.1f} {share} {elapsed:9.1f} {quantize_s:11.1f} "
-              f"{str(kept):>9} {str(passed):>10}")
+        kept = summary["quantization"].get("mixed_precision", {}).get("kept", "")
+        print(f"{label:30} {cosines.mean():7.4f} {cosines.min():7.4f} {size / 1e6:6.1f} {share} {elapsed:9.1f} "
+              f"{summary['timings'].get('quantize', 0.0):11.1f} {str(kept):>9} {str(summary['validation']['passed']):>10}",
+              flush=True)
     return 0
 
 
