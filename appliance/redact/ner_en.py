@@ -7,7 +7,9 @@ census given-name and surname tables its features use. Candidates are runs of ca
 
 * a given name (in the given-name list, or census share as a first name >= 0.4) and one or two
   more capitalised words, the last a census surname ("Sarah Miller", not "Customer Service");
-  where the given name is only a census first name, the parser must read it as a person;
+  where the given name is only a census first name, or a word the census lacks altogether
+  ("Priya Clark": given names of many origins are missing from it), the parser must read it
+  as a person;
 * one or two capitalised words after a title (Mr., Dr. ...);
 * a Chinese surname in pinyin and a given name ("Zhang Weiqiang");
 * a lone given name where the text addresses or quotes someone ("Hi Sarah", "Thanks, Tom",
@@ -38,13 +40,17 @@ _CUE_BEFORE = re.compile(
     r"(?:\b(?:[Hh]i|[Hh]ello|[Hh]ey|[Dd]ear|[Tt]hanks|[Tt]hank you|[Cc]heers|cc|[Cc]ustomer|[Cc]lient|[Aa]gent|"
     r"[Cc]olleague|[Mm]anager|[Ss]upervisor|[Tt]echnician|[Cc]ourier|[Ww]ife|[Hh]usband|[Ss]on|[Dd]aughter|"
     r"[Ff]riend|[Bb]oss|[Nn]eighbou?r|[Tt]ell|[Aa]sk|[Ff]or|[Ff]rom|[Ww]ith)),?[ ]\Z")
+_DETERMINERS = frozenset("the a an my your our his her their its this that these those".split())
+_MID_SENTENCE = re.compile(r"\b(?P<word>[a-z]+),?[ ]\Z")
 _CUE_AFTER = re.compile(r"[ ](?:called|calls|said|says|wrote|writes|asked|asks|phoned|emailed|mentioned|reported|"
                         r"complained|ordered|paid|returned|needs|wants|is waiting|was charged|will pick)\b")
 # Capitalised words after a given name that make the run something else than a person.
 _NOT_SURNAMES = frozenset(
     "street st avenue ave road rd boulevard blvd lane drive way court place hotel airport station mall center centre "
     "park bank store shop service services support team day days pro max plus mini air edition model series card "
-    "account order invoice monday tuesday wednesday thursday friday saturday sunday january february march april "
+    "account order invoice pay wallet cloud music video maps home one go watch phone tv box live app switch "
+    "business premium ultra lite express prime studio "
+    "monday tuesday wednesday thursday friday saturday sunday january february march april "
     "may june july august september october november december christmas easter".split())
 # Capitalised words that start sentences far more often than they are given names ("My Tesla").
 _NOT_GIVEN = frozenset(
@@ -106,6 +112,11 @@ class EnglishNer:
             return False
         return word.lower() in self._given_names or self._census.get(_census_key(word), 0) >= share
 
+    def _unknown(self, word: str) -> bool:
+        """Neither a census name nor a word that starts sentences: a candidate given name from
+        outside the census, which lists most capitalised English words as rare surnames."""
+        return word.lower() not in _NOT_GIVEN and _census_key(word) not in self._census and not _CUE_BEFORE.search(word + " ")
+
     def _surname(self, word: str) -> bool:
         return _census_key(word) in self._census
 
@@ -140,6 +151,11 @@ class EnglishNer:
         if len(words) >= 2:
             if first.lower() in _PINYIN_SURNAMES and not self._given(first):
                 return True
+            if len(words) == 2 and self._unknown(first) and self._surname(words[-1]):
+                # A given name the census never saw (Priya, Kwame) before a surname. Weak evidence:
+                # the census lists most capitalised words as rare surnames, so the run must also
+                # sit where a person is spoken of, and the parser must read it as one.
+                return self._spoken_of(text, start, end) and self._reads_as_person(" ".join(words))
             if not (self._given(first) and self._surname(words[-1])):
                 return False
             # A census first name off the given-name list is weak evidence: the parser must agree.
@@ -148,6 +164,16 @@ class EnglishNer:
             return False
         alone = not text[:start].strip(" -–—") and not text[end:].strip(" .!,\n")  # a signature line
         return bool(_CUE_BEFORE.search(before) or _CUE_AFTER.match(text, end) or alone)
+
+    @staticmethod
+    def _spoken_of(text: str, start: int, end: int) -> bool:
+        """Mid-sentence after a lower-case word ("forward it to Priya Clark"), or next to a word
+        that introduces or follows a person ("Customer ...", "... says")."""
+        before = text[max(0, start - 24):start]
+        mid = _MID_SENTENCE.search(before)
+        if mid is not None and mid.group("word") in _DETERMINERS:
+            return False  # "the Refund Policy says": a thing
+        return bool(mid or _CUE_BEFORE.search(before) or _CUE_AFTER.match(text, end))
 
     def _reads_as_person(self, name: str) -> bool:
         try:

