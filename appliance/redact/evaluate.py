@@ -2,6 +2,7 @@
 
     python -m appliance.redact.evaluate tests/appliance/redact/data/eval_set.jsonl --min 0.98
     python -m appliance.redact.evaluate tests/appliance/redact/data/names_set.jsonl --split test
+    python -m appliance.redact.evaluate tests/appliance/redact/data/names_set.jsonl --presidio
 
 A line is {"text": ..., "spans": [{"type", "start", "end"}, ...], "lang": ..., "split": ...}. A
 found entity counts only if type, start and end all equal a labelled span. NER backends run for
@@ -9,6 +10,8 @@ the languages given by --ner (default: every installed one, as the daemon does).
 when any type present in the set or the output has precision or recall below --min, or when a
 labelled value is left in its redacted text (a leak); 2 on unreadable input. Failures are listed
 by case id and offsets (add --show-text to print the texts, which in a real set are PII).
+--presidio adds Presidio's figures per type with the same NER (presidio_eval.py; skipped with a
+line saying why when presidio-analyzer is not installed).
 """
 
 from __future__ import annotations
@@ -112,6 +115,24 @@ def format_table(scores: list[TypeScore]) -> str:
     return "\n".join(lines)
 
 
+def presidio_comparison(cases: list[dict], ours: list[TypeScore], ner) -> str:
+    """Per type both have: our precision and recall beside Presidio's with the same NER."""
+    from appliance.redact.presidio_eval import SHARED_TYPES, PresidioDetector, PresidioUnavailable
+
+    try:
+        detector = PresidioDetector(ner)
+    except PresidioUnavailable as exc:
+        return f"presidio comparison skipped: {exc}"
+    theirs = {s.type: s for s in evaluate(cases, detector, by_language=True)[0]}
+    lines = [f"{'type':16} {'ours P':>7} {'ours R':>7} {'presidio P':>10} {'presidio R':>10}"]
+    for score in ours:
+        if score.type.split("/")[0] in SHARED_TYPES:
+            other = theirs.get(score.type, TypeScore(score.type, 0, 0, score.true_positives + score.false_negatives))
+            lines.append(f"{score.type:16} {score.precision:7.3f} {score.recall:7.3f} "
+                         f"{other.precision:10.3f} {other.recall:10.3f}")
+    return "\n".join(lines)
+
+
 def _languages(value: str) -> tuple[str, ...]:
     chosen = tuple(part for part in value.split(",") if part and part != "none")
     unknown = set(chosen) - set(NER_LANGUAGES)
@@ -128,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"NER languages, comma-separated from {','.join(NER_LANGUAGES)}, or none (default: all)")
     parser.add_argument("--split", help="only cases of this split (dev, test)")
     parser.add_argument("--show-text", action="store_true", help="print the text of failing cases")
+    parser.add_argument("--presidio", action="store_true", help="compare with Presidio using the same NER")
     args = parser.parse_args(argv)
     try:
         cases = load_cases(args.path)
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{miss.kind:8} {miss.type:16} {miss.case_id} [{miss.start}:{miss.end}]{detail}")
     for case_id in leaked:
         print(f"leaked   {case_id}")
+    if args.presidio:
+        print(presidio_comparison(cases, scores, redactor.ner))
     known = set(PATTERN_TYPES) | set(NER_TYPES)
     below = [s.type for s in scores if s.type.split("/")[0] in known and min(s.precision, s.recall) < args.min]
     if below:

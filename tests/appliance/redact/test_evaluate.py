@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -96,3 +97,24 @@ def test_an_unknown_ner_language_is_a_usage_error():
     done = subprocess.run([sys.executable, "-m", "appliance.redact.evaluate", str(NAMES_SET), "--ner", "fr"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown language 'fr'" in done.stderr and "Traceback" not in done.stderr
+
+
+HAVE_PRESIDIO = importlib.util.find_spec("presidio_analyzer") is not None
+
+
+def _evaluate_with_presidio() -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "appliance.redact.evaluate", str(NAMES_SET), "--split", "dev",
+                           "--presidio"], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+@pytest.mark.skipif(HAVE_PRESIDIO, reason="presidio-analyzer is installed")
+def test_the_presidio_comparison_says_in_one_line_why_it_is_skipped():
+    assert "presidio comparison skipped: presidio-analyzer is not installed" in _evaluate_with_presidio().stdout
+
+
+@pytest.mark.skipif(not HAVE_PRESIDIO, reason="presidio-analyzer is not installed")
+def test_the_presidio_comparison_gives_both_figures_per_type_and_language():
+    out = _evaluate_with_presidio().stdout
+    assert "presidio P" in out and all(f"\n{key} " in out for key in ("PERSON/zh", "LOCATION/en"))
