@@ -162,7 +162,14 @@ def _weight_only(model, bits: int, recipe: QuantRecipe, exclude: list[str], read
         # HQQ writes its nodes without an accuracy level; it is how the kernel computes, not how
         # the weights were found, so setting it afterwards gives what the recipe says.
         _set_accuracy_level(quantizer.model.model.graph, recipe.accuracy_level)
-    return quantizer.model.model
+    model = quantizer.model.model
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        # k_quant and gptq write MatMulNBits without importing its domain; the embeddings pass's
+        # shape inference needs it.
+        import onnx
+
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def _dynamic(fp32_path: Path, out_path: Path, recipe: QuantRecipe, external: bool) -> dict:
