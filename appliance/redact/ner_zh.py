@@ -43,6 +43,10 @@ _COMPOUND_SURNAMES = tuple(sorted(set(ZH_COMPOUND_SURNAMES) | set(ZH_COMPOUND_SU
 # house number (every kept address has one). Its session costs ~20 us a character.
 _WORTH_A_LOOK = re.compile(
     "[" + "".join(sorted(_SINGLE_SURNAMES | {c[0] for c in _COMPOUND_SURNAMES} | set("路街道巷弄胡同村屯号栋幢室"))) + "]")
+# The model sees only the runs of non-ASCII text in a segment (with the digits and short codes
+# inside them: 88号, A座1201室): what it keeps is Chinese, and its cost grows with every character
+# it is given, English words and spaces included.
+_HAN_RUN = re.compile(r"[^\x00-\x7f]+(?:[0-9A-Za-z\-]{1,8}[^\x00-\x7f]+)*")
 # A surname alone before a title (毛经理, 萧女士), which LAC often splits off as a common noun.
 # 总 and 工 are titles only when no word goes on from them (总部, 工作). The same characters
 # also read as an adverb and a verb (他曾经理过仓库: "once managed"): a pronoun before them
@@ -170,10 +174,14 @@ class LacNer:
         return words
 
     def detect(self, text: str) -> list[Entity]:
-        if not _WORTH_A_LOOK.search(text):
-            return []
-        words = self.words(text)
-        return self._people(text, words) + self._addresses(text, words)
+        found = []
+        for run in _HAN_RUN.finditer(text):
+            piece = run.group()
+            if _WORTH_A_LOOK.search(piece):
+                words = self.words(piece)
+                found += [Entity(e.type, e.start + run.start(), e.end + run.start(), e.score)
+                          for e in self._people(piece, words) + self._addresses(piece, words)]
+        return found
 
     def _people(self, text: str, words) -> list[Entity]:
         found = []
@@ -196,7 +204,8 @@ class LacNer:
         found = []
         for start, end, label in words:
             length = _surname_length(text, start)
-            if (not length or label == "PER" or (end - start == length and label in _FUNCTION_LABELS) or not _SURNAME_TITLE.match(text, start + length)
+            alone_as_a_word = end - start == length and label in _FUNCTION_LABELS
+            if (not length or label == "PER" or alone_as_a_word or not _SURNAME_TITLE.match(text, start + length)
                     or _PRONOUN_BEFORE.search(text, 0, start) or brand_at(text, start)):
                 continue
             found.append(Entity("PERSON", start, start + length, self.person_score))

@@ -154,3 +154,14 @@ def test_entity_types_choose_among_ner_types_too():
     only_addresses = Redactor(RedactorSettings(entity_types=("LOCATION",)), ner=ner)
     text = "Sarah Miller, 13800138000, ship to 42 Oak Avenue, Austin, TX 78701"
     assert only_addresses.redact(text).text == "Sarah Miller, 13800138000, ship to [LOCATION]"
+
+
+def test_the_chinese_model_sees_only_the_chinese_runs_of_a_segment(with_ner, monkeypatch):
+    # Its cost grows with every character it is given: English words around the Chinese are not.
+    lac = next(b for b in ner.backends if type(b).__name__ == "LacNer")
+    seen = []
+    words = lac.words
+    monkeypatch.setattr(lac, "words", lambda text: seen.append(text) or words(text))
+    text = "Please ship to 上海市浦东新区世纪大道100号A座1201室 and call 王芳 tomorrow"
+    assert with_ner.redact(text).text == "Please ship to [LOCATION] and call [PERSON] tomorrow"
+    assert seen == ["上海市浦东新区世纪大道100号A座1201室", "王芳"]
