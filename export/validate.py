@@ -47,13 +47,34 @@ CPU = RuntimeOptions(("cpu",))
 
 def run(source_dir: Path, package_dir: Path, manifest: Manifest, phases) -> dict:
     if not _runnable_here(manifest):
-        return {"kind": "skipped", "reason": f"{manifest.precision} graphs for {manifest.targets[0].name} "
-                "need a CUDA device to validate; none on the export host"}
+        figures = {"kind": "skipped", "reason": f"{manifest.precision} graphs for {manifest.targets[0].name} "
+                   "need a CUDA device to validate; none on the export host"}
+        if problem := _load_problem(package_dir / manifest.model_file):
+            figures["load_error"] = problem
+        return figures
     if manifest.task == "text-generation":
         return validate_decoder(source_dir, package_dir, manifest, phases)
     if manifest.task == "feature-extraction":
         return validate_encoder(source_dir, package_dir, manifest)
     return validate_classifier(source_dir, package_dir, manifest)
+
+
+def _load_problem(model_path: Path) -> str | None:
+    """Why ONNX Runtime cannot load the graph at all, or None. What cannot be run here can still be
+    loaded: the genai 0.15.2 builder's `--target cuda --precision fp32` graph, for one, names outputs
+    no node produces. A kernel that only the GPU has is not a problem of the graph."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as KernelMissing
+
+    try:
+        ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except KernelMissing:
+        return None
+    except Exception as exc:  # ORT's Fail, InvalidGraph, InvalidProtobuf...
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # ORT prefixes a status code, the file and a C++ location; the sentence after them is the news.
+        return message.split("] : ")[-1].rsplit("() ", 1)[-1][:300]
+    return None
 
 
 def _runnable_here(manifest: Manifest) -> bool:
@@ -195,7 +216,7 @@ def failures(figures: dict, task: str, precision: str) -> list[str]:
     """Human-readable threshold failures; empty when the package may be written."""
     kind = figures.get("kind")
     if kind == "skipped":
-        return []
+        return [f"ONNX Runtime cannot load the graph: {figures['load_error']}"] if "load_error" in figures else []
     problems = []
     if kind == "decoder":
         limits = DECODER_THRESHOLDS[precision]

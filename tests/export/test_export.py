@@ -314,6 +314,31 @@ def test_validation_skipped_without_a_gpu_is_recorded_as_skipped(fp16_cuda_packa
     assert done.stdout.strip() == f"{fp16_cuda_package}: ok (hashes; validation skipped: {manifest.validation['reason']})"
 
 
+def test_a_graph_that_cannot_be_validated_here_must_still_load(tmp_path):
+    # What a GPU-only package cannot prove on a CPU host, it can still show: that ONNX Runtime loads
+    # it. The genai 0.15.2 builder's cuda fp32 graph names outputs no node produces; such a graph is
+    # refused, where it used to be written with "validation skipped".
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export import validate
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    orphan = helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, [1])
+    good = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    bad = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y, orphan]))
+    onnx.save(good, tmp_path / "good.onnx")
+    onnx.save(bad, tmp_path / "bad.onnx")
+    assert validate._load_problem(tmp_path / "good.onnx") is None
+    problem = validate._load_problem(tmp_path / "bad.onnx")
+    assert problem and "present.0.key" in problem and "onnxruntime_src" not in problem
+    skipped = {"kind": "skipped", "reason": "needs a GPU"}
+    assert validate.failures(skipped, "text-generation", "fp32") == []
+    assert validate.failures({**skipped, "load_error": problem}, "text-generation", "fp32") == [
+        f"ONNX Runtime cannot load the graph: {problem}"]
+
+
 def test_unknown_architecture_asks_for_the_task(tmp_path, sources):
     odd = tmp_path / "odd"
     shutil.copytree(sources["bert"], odd)
