@@ -1,11 +1,11 @@
 """The generation engine: one thread steps every admitted request together.
 
 Each step has three phases with dataclass seams: `scheduler.schedule() -> Batch`, the runner
-computes logits for the batch's prompt chunks and decode rows, and `_update` samples, detokenizes,
-applies stop rules and hands each request its TokenEvent (through `loop.call_soon_threadsafe`
-for asyncio callers). Requests join at any step and leave at any step; a cancelled request's row
-is freed before the next step. ORT releases the GIL while it computes, so the asyncio server
-stays responsive.
+computes logits for the batch's prompt chunks and decode rows, and `_update` samples and hands
+each token to the output stage (output.py: detokenizing, stop rules, the TokenEvent), whose events
+delivery.py hands to their callers. Requests join at any step and leave at any step; a cancelled
+request's row is freed before the next step. ORT releases the GIL while it computes, so the
+asyncio server stays responsive.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import AsyncIterator, Optional, Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
-from appliance.engine.detokenizer import IncrementalDetokenizer
-from appliance.engine.request import FINISH_REASONS, Emit, GenerationRequest, RequestStatus, TokenEvent
-from appliance.engine.sampling import Choice, SamplingParams, TokenChooser
+from appliance.engine.delivery import Delivery, LoopSink
+from appliance.engine.output import OutputStage
+from appliance.engine.request import FINISHED_STATES, Emit, GenerationRequest, RequestStatus, TokenEvent
+from appliance.engine.sampling import Choice, SamplingParams
 from appliance.engine.scheduler import Batch, MoveRow, RowOp, Scheduler, SchedulerConfig
-from appliance.engine.stop import StopStrings
 from appliance.errors import Draining, InvalidRequest, QueueFull
 
 log = logging.getLogger(__name__)
@@ -52,39 +52,13 @@ class Runner(Protocol):
     def release(self, slot: int) -> None: ...
 
 
-@dataclass
-class RequestStream:
-    """Per-request output state: sampling, detokenizing, stop strings."""
-
-    chooser: TokenChooser
-    detok: IncrementalDetokenizer
-    stops: StopStrings
-
-
-@dataclass(frozen=True)
-class LoopSink:
-    """Delivers a request's events into an asyncio queue on its event loop. The engine hands over
-    a whole step's events for one loop in a single call: each call_soon_threadsafe writes to the
-    loop's wake-up pipe, which cost as much as a tenth of a batch-8 step when done per token."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-
-    def __call__(self, event: TokenEvent) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-
-def _put_all(deliveries: list[tuple[asyncio.Queue, TokenEvent]]) -> None:
-    for events, event in deliveries:
-        events.put_nowait(event)
-
-
 @dataclass(frozen=True)
 class EngineStats:
     waiting: int
     running: int
     prefilling: int
     max_batch: int
+    admitted: int = 0  # submitted and not yet finished: waiting in the inbox or the scheduler, or running
 
 
 class GenerationEngine:
@@ -94,6 +68,8 @@ class GenerationEngine:
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
         self.context_length = runner.context_length
+        self.output = OutputStage(tokenizer, self.eos_token_ids, self.context_length)
+        self.delivery = Delivery()
         self.config = config or SchedulerConfig(max_batch=runner.max_batch)
         if self.config.max_batch > runner.max_batch:
             raise ValueError("scheduler max_batch exceeds the runner's KV rows")
@@ -103,8 +79,6 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._admitting = True
         self._closed = False
-        # While a step's results are handed out: its LoopSink events, grouped by event loop.
-        self._step_events: Optional[dict[asyncio.AbstractEventLoop, list]] = None
         # Monotonic time the loop last went round: the systemd watchdog is fed only while every
         # engine's is recent, so an engine stuck inside a runner call gets the daemon restarted.
         self.heartbeat = time.monotonic()
@@ -147,8 +121,12 @@ class GenerationEngine:
                 if event.finish_reason is not None:
                     return
         finally:
-            request.cancel()
-            self._inbox.put(None)  # wake the engine so the row is freed now
+            self.cancel(request)
+
+    def cancel(self, request: GenerationRequest) -> None:
+        """Cancels `request` and wakes the engine, so its row is freed now (any thread)."""
+        request.cancel()
+        self._inbox.put(None)
 
     def _refuse_when_full(self) -> None:
         if self._admitted - self.config.max_batch >= self.config.max_queue:
@@ -169,7 +147,10 @@ class GenerationEngine:
 
     def stats(self) -> EngineStats:
         s = self.scheduler
-        return EngineStats(len(s.waiting), len(s.running), int(s.prefilling is not None), self.config.max_batch)
+        with self._lock:
+            admitted = self._admitted
+        return EngineStats(len(s.waiting), len(s.running), int(s.prefilling is not None), self.config.max_batch,
+                           admitted)
 
     def close(self, timeout: float = 5.0) -> None:
         self._admitting = False
@@ -197,25 +178,20 @@ class GenerationEngine:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
                 if item is not None:
-                    self._start(item)
+                    self.output.open(item)
+                    self.scheduler.add(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
-
-    def _start(self, request: GenerationRequest) -> None:
-        request.state = RequestStream(TokenChooser(request.params),
-                                      IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
-                                      StopStrings(request.params.stop))
-        self.scheduler.add(request)
 
     def _reap(self) -> None:
         """Frees cancelled and expired requests before the step is scheduled."""
         now = time.monotonic_ns()
         for request in self.scheduler.requests():
             if request.cancel_event.is_set():
-                self._finish(request, RequestStatus.FINISHED_CANCELLED)
+                self._interrupt(request, RequestStatus.FINISHED_CANCELLED)
             elif request.expired(now):
-                self._finish(request, RequestStatus.FINISHED_DEADLINE)
+                self._interrupt(request, RequestStatus.FINISHED_DEADLINE)
 
     def _step(self) -> None:
         batch = self.scheduler.schedule()
@@ -234,27 +210,33 @@ class GenerationEngine:
             lengths = np.fromiter((r.cached_tokens for r in batch.decode), np.int64, len(batch.decode))
             decode_logits = self.runner.decode(tokens, lengths)  # [n, vocab]
         self._apply(self.scheduler.commit(batch))
-        self._step_events = {}
+        self.delivery.begin_step()
         try:
             self._update(batch, prompt_logits, decode_logits)
         finally:
-            self._deliver_step_events()
+            self.delivery.end_step()
 
     def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
         rows = [(r, decode_logits[i]) for i, r in enumerate(batch.decode)] if decode_logits is not None else []
         rows += prompt_logits
+        blocked = self.output.blocked
         if decode_logits is not None and not prompt_logits and all(
-                r.state.chooser.plain_greedy and not self._blocked(r) for r in batch.decode):
+                r.state.chooser.plain_greedy and not blocked(r) for r in batch.decode):
             # Every row is a bare argmax: one pass over [n, vocab] for the whole batch.
             picked = [(r, Choice(int(t))) for r, t in zip(batch.decode, np.argmax(decode_logits, axis=-1))]
         else:
-            picked = [(r, r.state.chooser.choose(logits, self._blocked(r))) for r, logits in rows]
+            picked = [(r, r.state.chooser.choose(logits, blocked(r))) for r, logits in rows]
         for request, choice in picked:
             request.output_ids.append(choice.token_id)
         # Only now, with every row's token recorded, may rows finish: compaction moves a row's
         # cached positions, which count the token this step just wrote for it.
+        accept = self.output.accept
         for request, choice in picked:
-            self._accept(request, choice)
+            event = accept(request, choice)
+            if event.finish_reason is None:
+                self.delivery.emit(request, event)
+            else:
+                self._finish(request, FINISHED_STATES[event.finish_reason], event)
 
     def _apply(self, ops: list[RowOp]) -> None:
         """Carries out the scheduler's row moves and releases on the runner, in order."""
@@ -264,67 +246,16 @@ class GenerationEngine:
             else:
                 self.runner.release(op.row)
 
-    def _blocked(self, request: GenerationRequest) -> tuple[int, ...]:
-        """Tokens that would end the request before it has min_tokens."""
-        params = request.params
-        if len(request.output_ids) >= params.min_tokens:
-            return ()
-        ends = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        return tuple(sorted(ends))
+    def _interrupt(self, request: GenerationRequest, status: RequestStatus) -> None:
+        self._finish(request, status, self.output.interrupted(request, status))
 
-    def _accept(self, request: GenerationRequest, choice: Choice) -> None:
-        params, stream, token = request.params, request.state, choice.token_id
-        now = time.monotonic_ns()
-        request.timings.first_token_ns = request.timings.first_token_ns or now
-        request.timings.last_token_ns = now
-        logprobs = ((choice.logprob, choice.top_logprobs),) if choice.logprob is not None else ()
-        if (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            # The end token itself is not text; what was held back (a partial character or a
-            # prefix of a stop string that never completed) is.
-            return self._finish(request, RequestStatus.FINISHED_STOPPED, (token,), logprobs, flush=True)
-        text, stop_hit = stream.stops.push(stream.detok.push(token))
-        if stop_hit is not None:
-            return self._finish(request, RequestStatus.FINISHED_STOPPED, (token,), logprobs, text)
-        if len(request.output_ids) >= params.max_tokens or request.cached_tokens + 1 >= self.context_length:
-            return self._finish(request, RequestStatus.FINISHED_LENGTH, (token,), logprobs, text, flush=True)
-        self._emit(request, TokenEvent((token,), text, logprobs=logprobs))
-
-    def _finish(self, request: GenerationRequest, status: RequestStatus, last_ids: tuple[int, ...] = (),
-                logprobs=(), text: str = "", flush: bool = False) -> None:
+    def _finish(self, request: GenerationRequest, status: RequestStatus, event: TokenEvent) -> None:
         self._apply(self.scheduler.finish(request, status))
-        stream = request.state
-        if stream is not None and (flush or status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_DEADLINE)):
-            text += stream.stops.push(stream.detok.flush())[0] + stream.stops.flush()
-        self._emit(request, TokenEvent(last_ids, text, finish_reason=FINISH_REASONS[status],
-                                prompt_tokens=len(request.prompt_ids), completion_tokens=len(request.output_ids),
-                                timings=request.timings, logprobs=logprobs))
+        self.delivery.emit(request, event)
         with self._lock:
             self._admitted -= 1
-
-    def _emit(self, request: GenerationRequest, event: TokenEvent) -> None:
-        """Hands an event to the caller; a caller that is gone (closed loop) cancels its request."""
-        sink = request.emit
-        if self._step_events is not None and isinstance(sink, LoopSink):
-            self._step_events.setdefault(sink.loop, []).append((request, event))
-            return
-        try:
-            sink(event)
-        except Exception:
-            request.cancel()
-
-    def _deliver_step_events(self) -> None:
-        step_events, self._step_events = self._step_events, None
-        for loop, items in (step_events or {}).items():
-            try:
-                loop.call_soon_threadsafe(_put_all, [(request.emit.queue, event) for request, event in items])
-            except Exception:  # the loop is closed: its callers are gone
-                for request, _ in items:
-                    request.cancel()
 
     def _fail_all(self, exc: Exception) -> None:
         s = self.scheduler
         for request in s.requests():
-            self._apply(s.finish(request, RequestStatus.FINISHED_ERROR))
-            self._emit(request, TokenEvent((), "", finish_reason=FINISH_REASONS[RequestStatus.FINISHED_ERROR], error=exc))
-            with self._lock:
-                self._admitted -= 1
+            self._finish(request, RequestStatus.FINISHED_ERROR, self.output.failed(exc))

@@ -12,7 +12,7 @@ from appliance import finish_reasons
 from appliance.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from appliance.engine.engine import RequestStream
+    from appliance.engine.output import RequestStream
 
 
 class RequestStatus(enum.IntEnum):
@@ -39,6 +39,7 @@ FINISH_REASONS = {
     RequestStatus.FINISHED_DEADLINE: finish_reasons.DEADLINE,
     RequestStatus.FINISHED_ERROR: finish_reasons.ERROR,
 }
+FINISHED_STATES = {reason: status for status, reason in FINISH_REASONS.items()}
 
 
 @dataclass

@@ -135,8 +135,7 @@ def test_full_queue_refuses_at_once_and_cancel_frees_the_slot():
         assert events[0][-1].finish_reason == "cancelled" and events[3][-1].finish_reason == "cancelled"
         assert events[3][-1].completion_tokens == 0
         for request in requests[1:3]:
-            request.cancel()
-        engine._inbox.put(None)
+            engine.cancel(request)
         assert wait_for(lambda: not engine.busy)
         assert engine.stats().running == 0
     finally:
