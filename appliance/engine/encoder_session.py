@@ -65,9 +65,10 @@ class EncoderSession:
         self.session = open_package_session(package_dir, manifest, options)
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = tokenizer
+        # Padding is ours (per sub-batch) and nothing is cut: an over-long text is refused. Set on
+        # a copy: the caller's tokenizer (which another component may share) keeps its settings.
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self.pad_id = manifest.pad_token_id if manifest.pad_token_id is not None else 0
-        # Padding is ours (per sub-batch) and nothing is cut: an over-long text is refused.
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.max_text_tokens = manifest.context_length

@@ -112,9 +112,6 @@ def engine_clean(model) -> tuple[bool, str]:
     """(clean, description) of a decoder's engine: nothing running, waiting, prefilling or admitted."""
     engine = model.engine
     stats = engine.stats()
-    admitted = 0
-    for replica in engine.replicas:
-        with replica._lock:
-            admitted += replica._admitted
+    admitted = sum(replica.admitted for replica in engine.replica_stats())
     text = f"running={stats.running} waiting={stats.waiting} prefilling={stats.prefilling} admitted={admitted}"
     return (stats.running == stats.waiting == stats.prefilling == admitted == 0 and not engine.busy), text

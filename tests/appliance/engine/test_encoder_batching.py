@@ -67,6 +67,16 @@ def test_sub_batched_embeddings_equal_one_batch(minilm_fp32):
     assert np.min(np.sum(vectors * expected, axis=1)) > 1 - 1e-5
 
 
+def test_the_callers_tokenizer_keeps_its_padding_and_truncation(minilm_fp32):
+    tokenizer = load_tokenizer(minilm_fp32)
+    tokenizer.enable_padding(length=64)
+    tokenizer.enable_truncation(8)
+    embedder = Embedder(minilm_fp32, open_package(minilm_fp32), tokenizer, CPU)
+    assert tokenizer.padding["length"] == 64 and tokenizer.truncation["max_length"] == 8
+    assert len(tokenizer.encode(" ".join(WORDS)).ids) == 64  # cut at 8, padded to 64: still the caller's settings
+    assert len(embedder.encoder.tokenize([" ".join(WORDS)])[0]) > 8  # ours: nothing cut
+
+
 def test_a_text_longer_than_the_model_reads_is_refused_naming_it(minilm_fp32):
     embedder = open_embedder(minilm_fp32, 8192)
     with pytest.raises(InvalidRequest) as info:
