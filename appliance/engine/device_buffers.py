@@ -121,6 +121,13 @@ class CudaDevice(CpuDevice):
         self._check("cudaSetDevice", self._cuda.cudaSetDevice(device_id))
         self._written = False
 
+    def _run(self, call: str, *args) -> None:
+        # The current device belongs to the calling host thread, and the engine's thread is not the
+        # one that made this Device: set it before every call, so a copy for device 1 is never
+        # issued on device 0's context (and the synchronize waits for this device).
+        self._check("cudaSetDevice", self._cuda.cudaSetDevice(self.device_id))
+        self._check(call, getattr(self._cuda, call)(*args))
+
     def _check(self, call: str, code: int) -> None:
         if code:
             message = self._cuda.cudaGetErrorString(code).decode(errors="replace")
@@ -132,9 +139,8 @@ class CudaDevice(CpuDevice):
     def write(self, buffer: DeviceBuffer, offset: int, values: np.ndarray) -> None:
         self._count(TO_DEVICE, buffer, values.size)
         host = np.ascontiguousarray(values, buffer.dtype)
-        self._check("cudaMemcpy", self._cuda.cudaMemcpy(ctypes.c_void_p(buffer.address(offset)),
-                                                        ctypes.c_void_p(host.ctypes.data), host.nbytes,
-                                                        self._DEFAULT_KIND))
+        self._run("cudaMemcpy", ctypes.c_void_p(buffer.address(offset)), ctypes.c_void_p(host.ctypes.data),
+                  host.nbytes, self._DEFAULT_KIND)
         self._written = True
 
     def write_at(self, buffer: DeviceBuffer, offsets: np.ndarray, value: int) -> None:
@@ -147,30 +153,27 @@ class CudaDevice(CpuDevice):
         staging = buffer.staging
         if staging is None or staging.size < count:  # grows to the largest read, then is reused
             staging = buffer.staging = np.empty(count, buffer.dtype)
-        self._check("cudaMemcpy", self._cuda.cudaMemcpy(ctypes.c_void_p(staging.ctypes.data),
-                                                        ctypes.c_void_p(buffer.address(offset)),
-                                                        count * buffer.dtype.itemsize, self._DEFAULT_KIND))
+        self._run("cudaMemcpy", ctypes.c_void_p(staging.ctypes.data), ctypes.c_void_p(buffer.address(offset)),
+                  count * buffer.dtype.itemsize, self._DEFAULT_KIND)
         return staging[:count]
 
     def copy_block(self, buffer: DeviceBuffer, src: int, dst: int, width: int, height: int, pitch: int) -> None:
         self._count(ON_DEVICE, buffer, width * height)
         size = buffer.dtype.itemsize
-        self._check("cudaMemcpy2D", self._cuda.cudaMemcpy2D(
-            ctypes.c_void_p(buffer.address(dst)), pitch * size, ctypes.c_void_p(buffer.address(src)), pitch * size,
-            width * size, height, self._DEFAULT_KIND))
+        self._run("cudaMemcpy2D", ctypes.c_void_p(buffer.address(dst)), pitch * size,
+                  ctypes.c_void_p(buffer.address(src)), pitch * size, width * size, height, self._DEFAULT_KIND)
         self._written = True
 
     def clear(self, buffer: DeviceBuffer, offset: int, count: int) -> None:
         self._count(ON_DEVICE, buffer, count)
-        self._check("cudaMemset", self._cuda.cudaMemset(ctypes.c_void_p(buffer.address(offset)), 0,
-                                                        count * buffer.dtype.itemsize))
+        self._run("cudaMemset", ctypes.c_void_p(buffer.address(offset)), 0, count * buffer.dtype.itemsize)
         self._written = True
 
     def before_run(self) -> None:
         # A copy from pageable memory may return before its DMA lands, and ORT computes on its own
         # stream: wait for the copies so the run reads what was written.
         if self._written:
-            self._check("cudaDeviceSynchronize", self._cuda.cudaDeviceSynchronize())
+            self._run("cudaDeviceSynchronize")
             self._written = False
 
 

@@ -23,6 +23,14 @@ class RuntimeOptions:
     providers: tuple[str, ...] = ("cpu",)
     intra_op_threads: int = 0
     cuda_graph: Literal["auto", "on", "off"] = "auto"
+    # The GPU the CUDA and TensorRT providers compute on ([runtime] devices places each replica).
+    device_id: int = 0
+
+
+def device_name(provider: str, device_id: int) -> str:
+    """Where a session computes, as [runtime] devices spells it: cpu, or cuda:N for CUDA and
+    TensorRT (whose memory is CUDA memory)."""
+    return "cpu" if provider == PROVIDER_NAMES["cpu"] else f"cuda:{device_id}"
 
 
 def resolve_providers(preferred: tuple[str, ...]) -> list[str]:
@@ -37,6 +45,16 @@ def resolve_providers(preferred: tuple[str, ...]) -> list[str]:
     return chosen
 
 
+def provider_list(options: RuntimeOptions, cuda_graph: bool = False) -> list:
+    """ORT's `providers` argument: the resolved names, the GPU ones with their options (the device,
+    and for CUDA whether to capture graphs)."""
+    on_device = {"device_id": str(options.device_id)}
+    with_graphs = {**on_device, "enable_cuda_graph": "1"} if cuda_graph else on_device
+    gpu_options = {PROVIDER_NAMES["cuda"]: with_graphs, PROVIDER_NAMES["tensorrt"]: on_device}
+    return [(name, gpu_options[name]) if name in gpu_options else name
+            for name in resolve_providers(options.providers)]
+
+
 def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = False) -> ort.InferenceSession:
     """cuda_graph asks the CUDA provider to capture and replay graphs (runs say which, by
     `gpu_graph_id`); ORT refuses it at load unless every compute node runs on CUDA."""
@@ -47,8 +65,4 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
     # Our own engine thread drives the steps; ORT's inter-op pool would only add contention.
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3
-    providers: list = resolve_providers(options.providers)
-    if cuda_graph:
-        providers = [(name, {"enable_cuda_graph": "1"}) if name == PROVIDER_NAMES["cuda"] else name
-                     for name in providers]
-    return ort.InferenceSession(model_path, session_options, providers=providers)
+    return ort.InferenceSession(model_path, session_options, providers=provider_list(options, cuda_graph))

@@ -24,7 +24,7 @@ from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
 from appliance.engine.encoder_session import DEFAULT_BATCH_TOKENS
 from appliance.engine.engine import GenerationEngine
-from appliance.engine.providers import RuntimeOptions
+from appliance.engine.providers import RuntimeOptions, device_name
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
@@ -52,9 +52,11 @@ class LoadSettings:
     max_context: int = 0
     encoder_batch_tokens: int = DEFAULT_BATCH_TOKENS
     batch_invariance: InvariancePolicy = "auto"
-    # Engines per decoder, each with its own KV cache (max_batch rows) and ORT session.
+    # Engines per decoder and device, each with its own KV cache (max_batch rows) and ORT session.
     replicas: int = 1
     warm_up_timeout_s: float = WARM_UP_TIMEOUT_S
+    # Where the replicas run ("cpu", "cuda:N"); none: all where runtime.providers chooses.
+    devices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,6 +103,25 @@ def replica_runtime(runtime: RuntimeOptions, replicas: int) -> RuntimeOptions:
     return replace(runtime, intra_op_threads=max(1, len(os.sched_getaffinity(0)) // replicas))
 
 
+def on_device(runtime: RuntimeOptions, device: str) -> RuntimeOptions:
+    """The session options of a replica on `device`: cpu runs on the CPU whatever the providers
+    say; cuda:N keeps the GPU providers and picks their device; "" (no devices listed) changes nothing."""
+    if device == "cpu":
+        return replace(runtime, providers=("cpu",), device_id=0)
+    if device.startswith("cuda:"):
+        return replace(runtime, device_id=int(device.removeprefix("cuda:")))
+    return runtime
+
+
+def replica_runtimes(runtime: RuntimeOptions, replicas: int, devices: tuple[str, ...]) -> list[RuntimeOptions]:
+    """The session options of each replica: `replicas` per listed device, taking the devices
+    in turn (replica i on devices[i % len(devices)]) so the first requests routed spread over them;
+    the cores are split between all of them as for `replicas` alone."""
+    placed = devices or ("",)
+    split = replica_runtime(runtime, replicas * len(placed))
+    return [on_device(split, device) for _ in range(replicas) for device in placed]
+
+
 def load_model(model: ServedModel, settings: LoadSettings) -> bool:
     """Loads `model` in place: READY and True, or FAILED with its reason and False."""
     try:
@@ -140,38 +161,47 @@ def _load(model: ServedModel, settings: LoadSettings) -> None:
     manifest = open_package(model.path)
     model.manifest = manifest
     tokenizer = load_tokenizer(model.path)
+    # An encoder is one session: on the first listed device.
+    encoder_runtime = on_device(settings.runtime, settings.devices[0] if settings.devices else "")
     if manifest.task == "text-generation":
         _load_decoder(model, manifest, tokenizer, settings)
     elif manifest.task == "feature-extraction":
-        embedder = Embedder(model.path, manifest, tokenizer, settings.runtime, settings.encoder_batch_tokens)
+        embedder = Embedder(model.path, manifest, tokenizer, encoder_runtime, settings.encoder_batch_tokens)
         model.provider = embedder.provider
         embedder.embed(["warm-up"], normalize=False)
         model.embedder = embedder
     else:
-        classifier = Classifier(model.path, manifest, tokenizer, settings.runtime, settings.encoder_batch_tokens)
+        classifier = Classifier(model.path, manifest, tokenizer, encoder_runtime, settings.encoder_batch_tokens)
         model.provider = classifier.provider
         classifier.logits(["warm-up"])
         model.classifier = classifier
 
 
 def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, settings: LoadSettings) -> None:
-    runtime = replica_runtime(settings.runtime, settings.replicas)
+    placed = replica_runtimes(settings.runtime, settings.replicas, settings.devices)
     engines: list[GenerationEngine] = []
+    devices: list[str] = []  # where each replica computes (a GPU that is missing falls back to the CPU)
+    measured: dict[str, InvarianceReport] = {}  # per execution provider: kernels differ between them
     try:
-        for index in range(settings.replicas):
+        for index, runtime in enumerate(placed):
             runner = open_decoder_runner(model.path, manifest, runtime, settings.scheduling.max_batch,
                                          settings.max_context)
+            devices.append(device_name(runner.provider, runtime.device_id))
+            if runner.provider not in measured:
+                measured[runner.provider] = probe_batch_invariance(runner, settings.batch_invariance)
+                log.info("%s: batch invariance on %s %s", model.name, runner.provider,
+                         measured[runner.provider].note)
+            else:  # the same graph on the same kind of device: the first replica's measurement holds
+                runner.set_row_quantum(measured[runner.provider].row_quantum)
             if index == 0:
                 model.provider = runner.provider
-                model.batch_invariance = probe_batch_invariance(runner, settings.batch_invariance)
-                log.info("%s: batch invariance %s", model.name, model.batch_invariance.note)
-            else:  # the same graph on the same host: the first replica's measurement holds
-                runner.set_row_quantum(model.batch_invariance.row_quantum)
-            suffix = f"-{index}" if settings.replicas > 1 else ""
+                model.batch_invariance = measured[runner.provider]
+            suffix = f"-{index}" if len(placed) > 1 else ""
             engines.append(GenerationEngine(runner, tokenizer, manifest.eos_token_ids, settings.scheduling,
                                             name=f"engine-{model.name}{suffix}"))
     finally:
-        model.engine = ReplicaSet(engines) if engines else None  # so a failure closes what started
+        # So a failure closes what started.
+        model.engine = ReplicaSet(engines, devices[:len(engines)]) if engines else None
     if manifest.chat_template:
         model.chat = ChatTemplate(manifest.chat_template, _token_text(tokenizer, manifest.bos_token_id),
                                   _token_text(tokenizer, (manifest.eos_token_ids or [None])[0]))

@@ -30,10 +30,12 @@ class ReplicaLoad:
 
 
 class ReplicaSet:
-    def __init__(self, engines: Sequence[GenerationEngine]):
+    def __init__(self, engines: Sequence[GenerationEngine], devices: Sequence[str] = ()):
         if not engines:
             raise ValueError("a replica set needs at least one engine")
         self.replicas = tuple(engines)
+        # Where each replica computes ("cpu", "cuda:N"), for metrics; "" where not known.
+        self.devices = tuple(devices) or ("",) * len(self.replicas)
         self._loads = [ReplicaLoad() for _ in self.replicas]
         self._lock = threading.Lock()
         self.closed = False

@@ -50,12 +50,12 @@ class ModelRegistry:
     def __init__(self, models_dir: Path, runtime: RuntimeOptions, scheduling: SchedulerConfig = SchedulerConfig(),
                  max_context: int = 0, encoder_batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  batch_invariance: InvariancePolicy = "auto", replicas: int = 1,
-                 warm_up_timeout_s: float = WARM_UP_TIMEOUT_S):
+                 warm_up_timeout_s: float = WARM_UP_TIMEOUT_S, devices: tuple[str, ...] = ()):
         if not models_dir.is_dir():
             raise ApplianceError(f"models folder {models_dir} does not exist")
         self.models_dir = models_dir
         self.settings = LoadSettings(runtime, scheduling, max_context, encoder_batch_tokens, batch_invariance,
-                                     replicas, warm_up_timeout_s)
+                                     replicas, warm_up_timeout_s, tuple(devices))
         # Replaced entry by entry, never mutated in place by readers: a lookup sees either the
         # old or the new version of a package, whole.
         self._models = {p.name: ServedModel(p.name, p) for p in find_packages(models_dir)}

@@ -121,7 +121,8 @@ class Daemon:
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context,
-                                      engine.encoder_batch_tokens, engine.batch_invariance, engine.replicas)
+                                      engine.encoder_batch_tokens, engine.batch_invariance, engine.replicas,
+                                      devices=config.runtime.devices)
         self.metrics = Metrics()
         self.metrics.watch_replicas(self.registry)
         self.usage = UsageLog(config.server.usage_db) if config.server.usage_db else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -56,6 +58,10 @@ class HttpConfig(_Section):
     _listen = field_validator("listen")(_host_port)
 
 
+# No leading zeros, so one GPU has one spelling and a duplicate is seen as one.
+_DEVICE = re.compile(r"cpu|cuda:(0|[1-9][0-9]*)", re.ASCII)
+
+
 class RuntimeConfig(_Section):
     # Execution providers in order of preference; missing ones fall back to the next, then CPU.
     providers: tuple[Literal["tensorrt", "cuda", "cpu"], ...] = ("cpu",)
@@ -64,6 +70,28 @@ class RuntimeConfig(_Section):
     # Decode steps replay CUDA graphs (one per batch size) on the CUDA provider: auto where the
     # graph allows it (every node on CUDA), on to refuse a decoder that cannot, off never.
     cuda_graph: Literal["auto", "on", "off"] = "auto"
+    # Devices the decoder replicas run on, "cpu" or "cuda:N": [engine] replicas engines on each
+    # (devices = ["cuda:0", "cuda:1"] with replicas = 2 is four engines, replica i on
+    # devices[i % 2]). Empty: every replica where `providers` chooses, on GPU 0. An encoder runs
+    # on the first device. A "cpu" entry runs on the CPU whatever `providers` says.
+    devices: tuple[str, ...] = ()
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, devices: tuple[str, ...]) -> tuple[str, ...]:
+        for index, device in enumerate(devices):
+            if not _DEVICE.fullmatch(device):
+                raise ValueError(f"{json.dumps(device)} is not cpu or cuda:N")
+            if device in devices[:index]:
+                raise ValueError(f"{device} is listed twice")
+        return devices
+
+    @model_validator(mode="after")
+    def _gpu_devices_need_a_gpu_provider(self):
+        gpu = [d for d in self.devices if d != "cpu"]
+        if gpu and not {"cuda", "tensorrt"} & set(self.providers):
+            raise ValueError(f"devices: {gpu[0]} needs providers to include cuda or tensorrt")
+        return self
 
 
 class EngineConfig(_Section):

@@ -68,14 +68,14 @@ class Metrics:
 
 
 class _ReplicaCollector:
-    """appliance_replica_* with labels model and replica (0, 1, ...): what each engine of a decoder
-    holds now and how many requests the registry routed to it."""
+    """appliance_replica_* with labels model, replica (0, 1, ...) and device (cpu, cuda:N, where it
+    computes): what each engine of a decoder holds now and how many requests were routed to it."""
 
     def __init__(self, models):
         self._models = models
 
     def collect(self):
-        labels = ["model", "replica"]
+        labels = ["model", "replica", "device"]
         running = GaugeMetricFamily("appliance_replica_batch_size", "Sequences in the replica's decode batch",
                                     labels=labels)
         slots = GaugeMetricFamily("appliance_replica_kv_slots_in_use", "KV cache rows held by requests", labels=labels)
@@ -85,8 +85,9 @@ class _ReplicaCollector:
         for model in self._models.entries():
             if model.engine is None:
                 continue
-            for index, (stats, load) in enumerate(zip(model.engine.replica_stats(), model.engine.loads())):
-                replica = [model.name, str(index)]
+            each = zip(model.engine.replica_stats(), model.engine.loads(), model.engine.devices)
+            for index, (stats, load, device) in enumerate(each):
+                replica = [model.name, str(index), device]
                 running.add_metric(replica, stats.running)
                 slots.add_metric(replica, stats.running + stats.prefilling)
                 waiting.add_metric(replica, stats.waiting)

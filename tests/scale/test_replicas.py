@@ -157,7 +157,7 @@ def test_two_replicas_share_the_load_and_both_drain(two_replicas):
     metrics = Metrics()
     metrics.watch_replicas(registry)
     text = generate_latest(metrics.registry).decode()
-    assert 'appliance_replica_requests_total{model="chat",replica="1"} 2.0' in text
+    assert 'appliance_replica_requests_total{device="cpu",model="chat",replica="1"} 2.0' in text
     registry.stop_admitting()
     for replica in model.engine.replicas:
         with pytest.raises(Draining):
