@@ -56,6 +56,24 @@ class TextPiece:
     model_version: str = ""
 
 
+def generates(model: ServedModel) -> bool:
+    return model.engine is not None
+
+
+def embeds(model: ServedModel) -> bool:
+    return model.embedder is not None
+
+
+def labels_itself(model: ServedModel) -> bool:
+    """A sequence classifier: its own labels (a token classifier's are per token, not per text)."""
+    return model.classifier is not None and not model.classifier.per_token
+
+
+def classifies(model: ServedModel) -> bool:
+    """Classify serves a sequence classifier, or an embedder labelling zero-shot."""
+    return labels_itself(model) or embeds(model)
+
+
 async def encode(work, deadline_ns: int = 0):
     """Runs `work(stop=...)` (encoder sub-batches) in a worker thread. A client that goes away or a
     deadline that passes cancels this task; `stop()` then tells the worker to end before its next
@@ -97,13 +115,13 @@ class InferenceCore:
         return key
 
     @contextlib.contextmanager
-    def served(self, call: CallInfo, key: ApiKey, name: str, task_attr: str, needs: str):
-        """The ready model `name` for this key, with the component the call needs, held (a hot
-        reload cannot close it) until the block ends."""
+    def served(self, call: CallInfo, key: ApiKey, name: str, serves: Callable[[ServedModel], bool], needs: str):
+        """The ready model `name` for this key, held (a hot reload cannot close it) until the block
+        ends; WrongTask naming `needs` unless `serves(model)`."""
         self.auth.check_model(key, require_model(name))
         with self.registry.hold(name) as model:
             call.model = model.name
-            if getattr(model, task_attr) is None:
+            if not serves(model):
                 raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; this call needs {needs}")
             yield model
 
@@ -129,7 +147,7 @@ class InferenceCore:
         `parse(model)` reads the request's fields once the model is known to be served, so an
         unknown model answers NOT_FOUND whatever else the request got wrong.
         """
-        with self.served(call, key, name, "engine", "text-generation") as model:
+        with self.served(call, key, name, generates, "text-generation") as model:
             request = parse(model)
             # Closed here, not by the garbage collector, so the row is freed before the hold ends.
             async with contextlib.aclosing(self._generate(call, key, model, request)) as pieces:
@@ -200,7 +218,7 @@ class InferenceCore:
     async def embed(self, call: CallInfo, key: ApiKey, name: str, texts: Callable[[], Sequence[str]],
                     normalize: bool, deadline_ns: int = 0) -> np.ndarray:
         """The texts' vectors; `texts()` is read once the model is known to be served."""
-        with self.served(call, key, name, "embedder", "feature-extraction") as model:
+        with self.served(call, key, name, embeds, "feature-extraction") as model:
             lease = self.auth.admit(key)
             try:
                 work = functools.partial(model.embedder.embed, check_texts(texts()), normalize)

@@ -10,9 +10,9 @@ import time
 import grpc
 
 from appliance.engine.classifier import zero_shot
-from appliance.errors import InvalidRequest, WrongTask
+from appliance.errors import InvalidRequest
 from appliance.server import convert
-from appliance.server.core import InferenceCore, TextRequest, encode
+from appliance.server.core import InferenceCore, TextRequest, classifies, encode, labels_itself
 from appliance.server.errors import CallInfo, stream_errors, unary_errors
 from appliance.server.request_limits import require_model
 from appliance.v1 import inference_pb2_grpc
@@ -65,15 +65,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def Classify(self, request, context, call: CallInfo):
         key = self._caller(context, call)
         core = self.core
-        core.auth.check_model(key, require_model(request.model))
-        with core.registry.hold(request.model) as model:
-            call.model = model.name
-            own_labels = model.classifier is not None and not model.classifier.per_token
-            if not own_labels and model.embedder is None:
-                raise WrongTask(f"model {model.name!r} is a {model.manifest.task} model; Classify needs "
-                                "text-classification, or feature-extraction with labels")
+        with core.served(call, key, request.model, classifies,
+                         "text-classification, or feature-extraction with labels") as model:
             texts, labels, top_k = convert.classify_request(request)  # the model's task answers first
-            if own_labels:
+            if labels_itself(model):
                 if labels:
                     raise InvalidRequest("labels", f"model {model.name!r} has its own labels; send none")
                 work = functools.partial(model.classifier.classify, texts)

@@ -3,14 +3,26 @@
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from appliance.v1 import inference_pb2 as pb
 from appliance.v1 import inference_pb2_grpc
 
 
-def test_generate_streams_tokens_in_order_with_usage_last(client, models_dir):
+def greedy_reference(sources, models_dir, name: str, prompt: str, count: int) -> list[int]:
+    """The source model's own greedy tokens in PyTorch, from the package's tokenization."""
+    prompt_ids = Tokenizer.from_file(str(models_dir / name / "tokenizer.json")).encode(prompt).ids
+    model = AutoModelForCausalLM.from_pretrained(sources[name]).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_generate_streams_tokens_in_order_with_usage_last(client, models_dir, sources):
     chunks = list(client.generate("qwen2", "Where is my order? 我的订单", max_tokens=24, ignore_eos=True))
     assert len(chunks) >= 24  # one message per token, then the summary
     assert all(c.finish_reason is None for c in chunks[:-1])
@@ -18,17 +30,18 @@ def test_generate_streams_tokens_in_order_with_usage_last(client, models_dir):
     assert last.finish_reason == "length"
     assert last.completion_tokens == 24
     ids = [t for c in chunks for t in c.token_ids]
-    assert len(ids) == 24
+    assert ids == greedy_reference(sources, models_dir, "qwen2", "Where is my order? 我的订单", 24)
     tokenizer = Tokenizer.from_file(str(models_dir / "qwen2" / "tokenizer.json"))
     assert last.prompt_tokens == len(tokenizer.encode("Where is my order? 我的订单").ids)
     assert "".join(c.text for c in chunks) == tokenizer.decode(ids)
     assert last.time_to_first_token_ns > 0
 
 
-def test_an_optimum_decoder_streams_like_a_builder_one(client):
+def test_an_optimum_decoder_streams_like_a_builder_one(client, models_dir, sources):
     chunks = list(client.generate("gpt2", "Where is my order?", max_tokens=20, ignore_eos=True))
     assert chunks[-1].completion_tokens == 20 and chunks[-1].finish_reason == "length"
-    assert sum(len(c.token_ids) for c in chunks) == 20
+    assert [t for c in chunks for t in c.token_ids] == greedy_reference(sources, models_dir, "gpt2",
+                                                                        "Where is my order?", 20)
 
 
 def test_greedy_is_deterministic_and_seeded_sampling_repeats(client):
@@ -201,10 +214,17 @@ def test_classify_zero_shot_routes_support_questions(client):
     assert len(top1[0]) == 1 and top1[0][0][0] == "delivery"
 
 
-def test_classify_with_a_classifier_package_uses_its_labels(client):
-    results = client.classify("intents", ["refund please", "where is it"])
-    assert all(sorted(n for n, _ in ranked) == ["account", "delivery", "refund"] for ranked in results)
-    assert all(abs(sum(s for _, s in ranked) - 1.0) < 1e-4 for ranked in results)
+def test_classify_with_a_classifier_package_gives_its_models_probabilities(client, models_dir, sources):
+    texts = ["refund please", "where is it", "I cannot log in to my account"]
+    results = client.classify("intents", texts)
+    tokenizer = Tokenizer.from_file(str(models_dir / "intents" / "tokenizer.json"))
+    model = AutoModelForSequenceClassification.from_pretrained(sources["bert-classifier"]).eval()
+    for text, ranked in zip(texts, results):
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor([tokenizer.encode(text).ids])).logits[0], -1).tolist()
+        expected = sorted(((model.config.id2label[i], p) for i, p in enumerate(probs)), key=lambda lp: -lp[1])
+        assert [n for n, _ in ranked] == [n for n, _ in expected]  # the right label wins, and the order holds
+        assert np.allclose([s for _, s in ranked], [p for _, p in expected], atol=1e-4)
 
 
 @pytest.mark.parametrize("model,labels,field,code", [
