@@ -188,6 +188,20 @@ def test_stop_strings_never_leak_a_partial_match():
     assert events[-1].finish_reason == "stop"
 
 
+def blocked_reference(prompt, stop_id, min_tokens, max_tokens):
+    """FakeRunner's tokens where stop_id may not be chosen before min_tokens: a blocked winner
+    leaves all-zero logits, whose argmax is token 0; the first stop_id after that ends the run."""
+    cache, out = list(prompt), []
+    while len(out) < max_tokens:
+        token = (sum(cache) + len(cache)) % 7 + 10
+        token = 0 if token == stop_id and len(out) < min_tokens else token
+        out.append(token)
+        cache.append(token)
+        if token == stop_id:
+            break
+    return out
+
+
 def test_stop_token_ids_and_min_tokens():
     engine, _ = fake_engine()
     try:
@@ -196,9 +210,12 @@ def test_stop_token_ids_and_min_tokens():
         stop_id = natural[2]
         (stopped,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=20, stop_token_ids=(stop_id,)))])
         assert tokens_of(stopped) == natural[:3] and stopped[-1].finish_reason == "stop"
+        # This stop token comes back every other token once blocked, so a block that lifts a
+        # token early or late shows as a different length.
+        stop_id = natural[1]
         (held,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=20, stop_token_ids=(stop_id,), min_tokens=10))])
-        assert len(tokens_of(held)) >= 10
-        assert stop_id not in tokens_of(held)[:9]
+        expected = blocked_reference(prompt, stop_id, min_tokens=10, max_tokens=20)
+        assert tokens_of(held) == expected and len(expected) == 12 and held[-1].finish_reason == "stop"
     finally:
         engine.close()
 
@@ -211,5 +228,8 @@ def test_logprobs_come_with_each_token():
         engine.close()
     per_token = [lp for e in events for lp in e.logprobs]
     assert len(per_token) == 5
+    # FakeRunner's logits are one-hot (1 for its token, 0 for the other 31 of 32): log-softmax by hand.
+    chosen, other = 1 - np.log(np.e + FakeRunner.vocab - 1), -np.log(np.e + FakeRunner.vocab - 1)
     for (logprob, top), token in zip(per_token, tokens_of(events)):
-        assert top[0][0] == token and np.isclose(top[0][1], logprob) and len(top) == 3
+        assert np.isclose(logprob, chosen, atol=1e-5) and top[0] == (token, pytest.approx(chosen, abs=1e-5))
+        assert [lp for _, lp in top[1:]] == pytest.approx([other, other], abs=1e-5)
