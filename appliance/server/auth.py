@@ -133,5 +133,11 @@ class Authenticator:
         return bucket
 
     def active(self, key_id: str) -> int:
+        """Calls key `key_id` has running now (its max_concurrency counts these)."""
         with self._lock:
-            return self._active[key_id]
+            return self._active.get(key_id, 0)
+
+    def active_total(self) -> int:
+        """Calls running now over every key: 0 once every lease has been released."""
+        with self._lock:
+            return sum(self._active.values())

@@ -156,6 +156,11 @@ class KeyStore:
                               (time.time(), key_id))
         return done.rowcount == 1
 
+    def cached(self) -> int:
+        """Verdicts held in memory (at most CACHE_ENTRIES), so a flood of bad tokens cannot grow them."""
+        with self._lock:
+            return len(self._cache)
+
     def verify(self, token: str) -> Optional[ApiKey]:
         """The key a token belongs to, or None (unknown, wrong secret or revoked)."""
         digest = hashlib.sha256(token.encode()).digest()

@@ -121,7 +121,7 @@ def test_concurrency_limit_is_resource_exhausted_and_freed_after(secured):
         stream = single.generate("llama", "long", max_tokens=240, ignore_eos=True)
         next(stream)
         authenticator = running.daemon.service.auth
-        assert wait_for(lambda: any(authenticator.active(k) == 1 for k in list(authenticator._active)))
+        assert wait_for(lambda: authenticator.active_total() == 1)
         assert code_of(lambda: list(second.generate("llama", "hi", max_tokens=2))) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED
         list(stream)
@@ -334,4 +334,4 @@ def test_the_key_cache_stays_bounded(tmp_path):
     store = KeyStore(tmp_path / "keys.db")
     for i in range(keys_module.CACHE_ENTRIES + 10):
         assert store.verify(f"garbage-{i}") is None
-    assert len(store._cache) <= keys_module.CACHE_ENTRIES
+    assert 0 < store.cached() <= keys_module.CACHE_ENTRIES
