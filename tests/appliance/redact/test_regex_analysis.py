@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -40,12 +41,6 @@ def test_serialised_patterns_match_like_the_originals(detector, eval_cases):
         assert [m.span() for m in copy.finditer(case["text"])] == [m.span() for m in detector.pattern.finditer(case["text"])]
 
 
-@pytest.mark.parametrize("detector", DETECTORS, ids=lambda d: d.name)
-def test_declared_reach_covers_the_longest_match(detector):
-    assert detector.bounds.min_length >= 1
-    assert detector.reach == detector.bounds.max_length + detector.bounds.lookahead
-
-
 ALPHABET = st.sampled_from(list("0123456789 -.+()@:_=\nabcXAEGkrsp名叫张我码") +
                            ["sk-", "AKIA", "ame is ", "-----BEGIN PRIVATE KEY-----", "-----END ", "Bearer ", "DE89",
                             "password: ", "@ex.com", "fe80::", "138", "é", "'", "@münchen.de", "谢", "ext. ", "转",
@@ -73,3 +68,35 @@ def test_a_lookbehind_inside_a_lookbehind_adds_to_how_far_back_a_pattern_peeks()
     # Whether "inv" starts a word is decided by the character before it: 4 + 1 characters back.
     b = bounds(re.compile(r"[0-9](?<!(?<![A-Za-z])inv[0-9])[0-9]{2}"))
     assert (b.lookbehind, b.max_length) == (5, 3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(pieces=st.lists(ALPHABET, max_size=14), padding=st.sampled_from(["", " ", "0", "a", "-"]))
+def test_an_attempt_reads_nothing_beyond_its_reach(pieces, padding):
+    """What `reach` promises the scanners: a match attempted at t decides the same on the text cut
+    at t + reach as on the whole text (the stream holds back no more than that)."""
+    text = "".join(pieces) + padding * 8
+    for detector in DETECTORS:
+        assert detector.bounds.min_length >= 1
+        for start in range(len(text)):
+            whole = detector.pattern.match(text, start)
+            cut = detector.pattern.match(text, start, start + detector.reach)
+            assert (whole and whole.span()) == (cut and cut.span()), (detector.name, start)
+
+
+@pytest.mark.parametrize("pattern,alphabet", [
+    (r"(?<![0-9])[0-9]{3}(?:-[0-9]{2})?(?![0-9]|\.[0-9])", "1-."),
+    (r"[a-c]{2,4}(?!x)", "ax"),
+])
+def test_reach_is_the_shortest_cut_that_decides_every_attempt(pattern, alphabet):
+    """Over every text of the alphabet one longer than the reach: cut at the reach, an attempt
+    decides as on the whole text; cut one shorter, some attempt decides otherwise."""
+    compiled = re.compile(pattern)
+    reach = bounds(compiled).reach
+    texts = ["".join(t) for t in itertools.product(alphabet, repeat=reach + 1)]
+
+    def decides(cut: int) -> bool:
+        return all(((m := compiled.match(text)) and m.span()) == ((c := compiled.match(text, 0, cut)) and c.span())
+                   for text in texts)
+
+    assert decides(reach) and not decides(reach - 1)
