@@ -67,9 +67,10 @@ def export_models(models: Path) -> None:
     print(f"   real encoder: sentence-transformers/all-MiniLM-L6-v2 from {minilm_dir()}")
     run([sys.executable, "-m", "export.cli", str(minilm_dir()), "--output", str(models / "minilm"),
          "--precision", "int8", "--overwrite"])
-    source = WORK / "sources" / "tiny-llama"
-    if not (source / "config.json").is_file():
-        make_decoder(source, "llama", hidden_size=256, layers=4, heads=8, kv_heads=2, context_length=1024)
+    # Made anew on every run (a second): a source left by an older checkout's generator could fail
+    # this checkout's validation floors.
+    source = make_decoder(WORK / "sources" / "tiny-llama", "llama", hidden_size=256, layers=4, heads=8, kv_heads=2,
+                          context_length=1024)
     print("   decoder: Llama architecture, 4 layers, hidden 256, RANDOM weights (no real decoder ships offline)")
     run([sys.executable, "-m", "export.cli", str(source), "--output", str(models / "tiny-llama"),
          "--precision", "int4", "--block-size", "32", "--overwrite"])
