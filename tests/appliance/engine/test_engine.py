@@ -213,7 +213,8 @@ def test_stop_token_ids_and_min_tokens():
         # This stop token comes back every other token once blocked, so a block that lifts a
         # token early or late shows as a different length.
         stop_id = natural[1]
-        (held,) = collect_many(engine, [(prompt, SamplingParams(max_tokens=20, stop_token_ids=(stop_id,), min_tokens=10))])
+        params = SamplingParams(max_tokens=20, stop_token_ids=(stop_id,), min_tokens=10)
+        (held,) = collect_many(engine, [(prompt, params)])
         expected = blocked_reference(prompt, stop_id, min_tokens=10, max_tokens=20)
         assert tokens_of(held) == expected and len(expected) == 12 and held[-1].finish_reason == "stop"
     finally:

@@ -17,8 +17,9 @@ def greedy_reference(sources, models_dir, name: str, prompt: str, count: int) ->
     prompt_ids = Tokenizer.from_file(str(models_dir / name / "tokenizer.json")).encode(prompt).ids
     model = AutoModelForCausalLM.from_pretrained(sources[name]).eval()
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0)
+        ids = torch.tensor([prompt_ids])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=count, min_new_tokens=count,
+                             do_sample=False, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
 
 
