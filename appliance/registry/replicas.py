@@ -109,7 +109,8 @@ class ReplicaSet:
         """The replicas' statistics summed, as one engine's would read."""
         each = [engine.stats() for engine in self.replicas]
         return EngineStats(sum(s.waiting for s in each), sum(s.running for s in each),
-                           sum(s.prefilling for s in each), sum(s.max_batch for s in each))
+                           sum(s.prefilling for s in each), sum(s.max_batch for s in each),
+                           sum(s.admitted for s in each))
 
     def replica_stats(self) -> list[EngineStats]:
         return [engine.stats() for engine in self.replicas]

@@ -71,7 +71,7 @@ def test_cancelled_and_disconnected_streams_leak_nothing(faulty, figures, scale)
     reference = greedy(running.target, token)
 
     def settled():
-        return engine_clean(model)[0] and service.active_streams == 0 and all(v == 0 for v in auth._active.values())
+        return engine_clean(model)[0] and service.active_streams == 0 and auth.active_total() == 0
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: one_fault(running.target, token, random.Random(i)), range(20)))  # warm-up
@@ -89,7 +89,7 @@ def test_cancelled_and_disconnected_streams_leak_nothing(faulty, figures, scale)
                    len(kinds) == count)
     figures.record("engine rows/queue/admitted after", state, "all 0", clean)
     figures.record("key leases / active streams after",
-                   f"{sum(auth._active.values())} / {service.active_streams}", "0 / 0", clean)
+                   f"{auth.active_total()} / {service.active_streams}", "0 / 0", clean)
     figures.record("RSS growth over faults", f"{growth:.2f}%", f"<= {RSS_GROWTH_LIMIT}%", growth <= RSS_GROWTH_LIMIT)
     figures.record("greedy tokens after == before", after == reference, "True", after == reference)
     assert clean, state

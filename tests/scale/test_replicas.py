@@ -95,6 +95,20 @@ def test_a_request_is_refused_only_when_every_replica_is_full():
         ReplicaSet([full, FakeEngine(1, full=True)]).check_room()
 
 
+def test_the_replicas_statistics_add_up_every_field():
+    from appliance.engine.engine import EngineStats
+
+    class Counted:
+        def __init__(self, stats):
+            self._stats = stats
+
+        def stats(self):
+            return self._stats
+
+    summed = ReplicaSet([Counted(EngineStats(1, 2, 3, 4, 5)), Counted(EngineStats(10, 20, 30, 40, 50))]).stats()
+    assert summed == EngineStats(11, 22, 33, 44, 55)  # admitted too, which the leak checks read
+
+
 def test_replicas_split_the_cores_only_when_threads_are_left_to_ort():
     assert replica_runtime(RuntimeOptions(intra_op_threads=0), 1).intra_op_threads == 0
     assert replica_runtime(RuntimeOptions(intra_op_threads=3), 2).intra_op_threads == 3
