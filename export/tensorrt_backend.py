@@ -9,11 +9,10 @@ MatMulNBits); ORT partitions those nodes to the CUDA EP, so builder graphs still
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Optional
 
+from appliance.engine.providers import query_gpu
 from appliance.model_package import IOSignature, Target
 from export.source import ExportError
 
@@ -27,22 +26,13 @@ def unavailable_reason() -> Optional[str]:
 
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
         return "the tensorrt target needs onnxruntime-gpu with the TensorRT EP (install the gpu extra on a GPU host)"
-    if _gpu_query("name") is None:
+    if query_gpu("name") is None:
         return "the tensorrt target needs an NVIDIA GPU, and nvidia-smi finds none on this host"
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         return "the tensorrt target needs the tensorrt Python package (the gpu extra)"
     return None
-
-
-def _gpu_query(field: str) -> Optional[str]:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    done = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
-                          capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    return lines[0].strip() if done.returncode == 0 and lines else None
 
 
 def profiles_for(signature: IOSignature, context_length: int, max_sequence: int) -> dict[str, list[list[int]]]:
@@ -100,6 +90,6 @@ def build_engine(package_dir: Path, model_file: str, signature: IOSignature, con
     if not (engine_dir / "model_ctx.onnx").is_file():
         raise ExportError("TensorRT built no EPContext model; is the graph supported by TensorRT at all?")
     return Target(name="tensorrt", onnxruntime_version=onnxruntime_version,
-                  compute_capability=_gpu_query("compute_cap"), gpu_name=_gpu_query("name"),
+                  compute_capability=query_gpu("compute_cap"), gpu_name=query_gpu("name"),
                   tensorrt_version=tensorrt.__version__, engine_model=f"{ENGINE_DIR}/model_ctx.onnx",
                   profiles=profiles)

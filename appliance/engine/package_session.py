@@ -12,14 +12,12 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 import onnxruntime as ort
 
-from appliance.engine.providers import PROVIDER_NAMES, RuntimeOptions, create_session, resolve_providers
+from appliance.engine.providers import PROVIDER_NAMES, RuntimeOptions, create_session, query_gpu, resolve_providers
 from appliance.errors import PackageError
 from appliance.model_package import Manifest, TensorSpec
 
@@ -35,15 +33,7 @@ def host_tensorrt() -> tuple[Optional[str], Optional[str]]:
         version = importlib.metadata.version("tensorrt")
     except importlib.metadata.PackageNotFoundError:
         version = None
-    capability = None
-    if shutil.which("nvidia-smi"):
-        try:
-            done = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=10)
-            capability = done.stdout.strip().splitlines()[0].strip() if done.returncode == 0 and done.stdout else None
-        except (OSError, subprocess.SubprocessError):
-            capability = None
-    return capability, version
+    return query_gpu("compute_cap"), version
 
 
 def check_tensorrt_targets(package_dir: Path, manifest: Manifest, options: RuntimeOptions) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import onnxruntime as ort
 
@@ -66,3 +68,17 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3
     return ort.InferenceSession(model_path, session_options, providers=provider_list(options, cuda_graph))
+
+
+def query_gpu(field: str) -> Optional[str]:
+    """nvidia-smi's answer for the first GPU (`name`, `compute_cap`, ...), or None where there is
+    no NVIDIA GPU or driver to ask."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        done = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
