@@ -131,7 +131,7 @@ def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(block128,
         assert model.engine.replicas[0].runner.row_quantum == model.batch_invariance.row_quantum
     finally:
         registry.close()
-    assert any("llama-b128: batch invariance holds" in r.getMessage() for r in caplog.records)
+    assert any("llama-b128: batch invariance on CPUExecutionProvider holds" in r.getMessage() for r in caplog.records)
 
 
 def test_the_config_names_a_bad_batch_invariance_policy(tmp_path):
