@@ -15,7 +15,7 @@ Steps, each reported as one row of the table:
    `--target cuda` at fp16 and int4, and the CPU fp32 package they are compared with) and brought along, or made here where the export stack is
    installed.
 4. GPU tests: `pytest -m gpu` (CUDA tokens against CPU fp32, alone against batched, cancellation,
-   CUDA graphs on and off, TensorRT where it is installed).
+   CUDA graphs on and off, TensorRT where it is installed, one replica per GPU where there are two).
 5. benchmark: benchmarks/engine/bench_engine.py on the CUDA execution provider at fp16 and int4.
 
 Exit status: 0 when every step passed or was skipped with its reason (a host without a GPU skips
@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "offline"))
 
 from wheelhouse import WheelhouseError, join_parts, without_dependencies  # noqa: E402
 
-GPU_TESTS = ("tests/appliance/engine/test_engine_gpu.py", "tests/export/test_export_gpu.py")
+GPU_TESTS = ("tests/appliance/engine/test_engine_gpu.py", "tests/export/test_export_gpu.py",
+             "tests/scale/test_devices.py")
 BENCH = REPO / "benchmarks" / "engine" / "bench_engine.py"
 BENCH_PROVIDER = "cuda"
 # Test packages share the tiny llama of the test suite's `models_dir` (same seed, same tokens) so
