@@ -22,9 +22,10 @@ TOOL = "onnxruntime_genai.models.builder"
 
 
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
-          cache_dir: Path, log_path: Path, phases) -> dict:
+          cache_dir: Path, log_path: Path, phases, exclude: tuple[str, ...] = ()) -> dict:
     """Runs the builder into staging; returns the manifest fields it determines. The model type,
-    precision, target and recipe were checked before (cli.choose_backend, export/recipe.py)."""
+    precision, target and recipe were checked before (cli.choose_backend, export/recipe.py).
+    `exclude` names MatMuls the builder leaves unquantized (export/decoder_sensitivity.py)."""
     provider = "cpu" if target == "cpu" else "cuda"
     options = ["hf_token=false"]
     if precision in ("int4", "int8"):
@@ -34,6 +35,8 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
         # weights even for int8, so only other methods are passed on.
         if recipe.method != "rtn":
             options.append(f"algo_config={recipe.method}")
+        if exclude:
+            options.append("nodes_to_exclude=" + ",".join(exclude))
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source.path), "-o", str(staging),
                "-p", precision, "-e", provider, "-c", str(cache_dir), "--extra_options", *options]
     _run_with_progress(command, log_path, phases, layers=int(source.config.get("num_hidden_layers", 0)))
