@@ -3,7 +3,7 @@
 The runner never touches device memory itself. It asks a Device for a DeviceBuffer (allocated by
 ORT's own allocator, so the memory lives where the session computes), binds row ranges of it to
 the graph by pointer and shape, and moves bytes only through `write`, `write_at`, `read`,
-`copy_block` and `clear`. Offsets and sizes count elements of the buffer's dtype, from its start.
+`copy_block`, `copy_between` and `clear`. Offsets and sizes count elements of the buffer's dtype, from its start.
 Each call adds its bytes to `traffic`, per direction and buffer name: that is how a test shows
 what a decode step moves between host and device.
 
@@ -92,11 +92,16 @@ class CpuDevice:
 
     def copy_block(self, buffer: DeviceBuffer, src: int, dst: int, width: int, height: int, pitch: int) -> None:
         """Copies `height` runs of `width` elements, `pitch` apart, from offset src to offset dst."""
-        self._count(ON_DEVICE, buffer, width * height)
-        step = pitch * buffer.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided
-        np.copyto(view(buffer.host[dst:], (height, width), (step, buffer.dtype.itemsize)),
-                  view(buffer.host[src:], (height, width), (step, buffer.dtype.itemsize)))
+        self.copy_between(buffer, src, pitch, buffer, dst, pitch, width, height)
+
+    def copy_between(self, src: DeviceBuffer, src_offset: int, src_pitch: int, dst: DeviceBuffer,
+                     dst_offset: int, dst_pitch: int, width: int, height: int) -> None:
+        """Copies `height` runs of `width` elements from src (runs src_pitch apart) to dst (runs
+        dst_pitch apart), both on the device: a prefix-cache block to or from a KV row."""
+        self._count(ON_DEVICE, dst, width * height)
+        size, view = src.dtype.itemsize, np.lib.stride_tricks.as_strided
+        np.copyto(view(dst.host[dst_offset:], (height, width), (dst_pitch * size, size)),
+                  view(src.host[src_offset:], (height, width), (src_pitch * size, size)))
 
     def clear(self, buffer: DeviceBuffer, offset: int, count: int) -> None:
         """Zeroes buffer[offset : offset + count] where it lies (no host data is sent)."""
@@ -157,11 +162,13 @@ class CudaDevice(CpuDevice):
                   count * buffer.dtype.itemsize, self._DEFAULT_KIND)
         return staging[:count]
 
-    def copy_block(self, buffer: DeviceBuffer, src: int, dst: int, width: int, height: int, pitch: int) -> None:
-        self._count(ON_DEVICE, buffer, width * height)
-        size = buffer.dtype.itemsize
-        self._run("cudaMemcpy2D", ctypes.c_void_p(buffer.address(dst)), pitch * size,
-                  ctypes.c_void_p(buffer.address(src)), pitch * size, width * size, height, self._DEFAULT_KIND)
+    def copy_between(self, src: DeviceBuffer, src_offset: int, src_pitch: int, dst: DeviceBuffer,
+                     dst_offset: int, dst_pitch: int, width: int, height: int) -> None:
+        self._count(ON_DEVICE, dst, width * height)
+        size = src.dtype.itemsize
+        self._run("cudaMemcpy2D", ctypes.c_void_p(dst.address(dst_offset)), dst_pitch * size,
+                  ctypes.c_void_p(src.address(src_offset)), src_pitch * size, width * size, height,
+                  self._DEFAULT_KIND)
         self._written = True
 
     def clear(self, buffer: DeviceBuffer, offset: int, count: int) -> None:

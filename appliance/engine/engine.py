@@ -24,9 +24,10 @@ from tokenizers import Tokenizer
 
 from appliance.engine.delivery import Delivery, LoopSink
 from appliance.engine.output import OutputStage
+from appliance.engine.prefix_cache import PrefixCache, PrefixCacheStats
 from appliance.engine.request import FINISHED_STATES, Emit, GenerationRequest, RequestStatus, TokenEvent
-from appliance.engine.sampling import Choice, SamplingParams
-from appliance.engine.scheduler import Batch, MoveRow, RowOp, Scheduler, SchedulerConfig
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import Batch, MoveRow, ReleaseRow, RowOp, Scheduler, SchedulerConfig, StoreBlocks
 from appliance.errors import Draining, InvalidRequest, QueueFull
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class Runner(Protocol):
 
     def release(self, slot: int) -> None: ...
 
+    # A runner that keeps a prefix cache also has allocate_prefix_pool(block_tokens, budget_bytes)
+    # -> (slots, block_bytes), load_blocks(slot, pool_slots) and store_blocks(slot, ((pool_slot,
+    # position), ...)) (SharedKVRunner); one without them serves with the cache off.
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -73,7 +78,8 @@ class GenerationEngine:
         self.config = config or SchedulerConfig(max_batch=runner.max_batch)
         if self.config.max_batch > runner.max_batch:
             raise ValueError("scheduler max_batch exceeds the runner's KV rows")
-        self.scheduler = Scheduler(self.config)
+        self.prefix_cache = self._open_prefix_cache(name)
+        self.scheduler = Scheduler(self.config, self.prefix_cache)
         self._inbox: queue.SimpleQueue[Optional[GenerationRequest]] = queue.SimpleQueue()
         self._admitted = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
@@ -84,6 +90,25 @@ class GenerationEngine:
         self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    def _open_prefix_cache(self, name: str) -> Optional[PrefixCache]:
+        """The pool is allocated here, at its whole budget, so a start shows what it costs."""
+        budget, block_tokens = self.config.prefix_cache_bytes, self.config.prefix_block_tokens
+        if not budget:
+            return None
+        if self.config.prefill_chunk % block_tokens:
+            raise ValueError("prefix_block_tokens must divide prefill_chunk")
+        if not hasattr(self.runner, "allocate_prefix_pool"):
+            log.info("%s: this graph's runner keeps no prefix cache; every prompt is prefilled whole", name)
+            return None
+        slots, block_bytes = self.runner.allocate_prefix_pool(block_tokens, budget)
+        log.info("%s: prefix cache of %d blocks of %d tokens, %.1f MB allocated", name, slots, block_tokens,
+                 slots * block_bytes / 2**20)
+        return PrefixCache(slots, block_tokens, block_bytes) if slots else None
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """A snapshot of the prefix cache's counters (all zero without one); any thread."""
+        return self.prefix_cache.stats() if self.prefix_cache is not None else PrefixCacheStats()
 
     # ---- admission (any thread) -------------------------------------------------------------
 
@@ -197,9 +222,10 @@ class GenerationEngine:
         batch = self.scheduler.schedule()
         if batch.empty:
             return
+        self._apply(batch.copies)
         prompt_logits = []
         for chunk in batch.prefills:
-            if chunk.start == 0:
+            if not chunk.request.timings.start_ns:
                 chunk.request.timings.start_ns = time.monotonic_ns()
             logits = self.runner.prefill(chunk.request.row, chunk.tokens, chunk.start)
             if chunk.completes_prompt:
@@ -217,15 +243,12 @@ class GenerationEngine:
             self.delivery.end_step()
 
     def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
-        rows = [(r, decode_logits[i]) for i, r in enumerate(batch.decode)] if decode_logits is not None else []
-        rows += prompt_logits
-        blocked = self.output.blocked
-        if decode_logits is not None and not prompt_logits and all(
-                r.state.chooser.plain_greedy and not blocked(r) for r in batch.decode):
-            # Every row is a bare argmax: one pass over [n, vocab] for the whole batch.
-            picked = [(r, Choice(int(t))) for r, t in zip(batch.decode, np.argmax(decode_logits, axis=-1))]
-        else:
-            picked = [(r, r.state.chooser.choose(logits, blocked(r))) for r, logits in rows]
+        requests = list(batch.decode) + [request for request, _ in prompt_logits]
+        logits = decode_logits  # [len(batch.decode), vocab]
+        if prompt_logits:  # rare (a prompt's last chunk): one [vocab] row each, stacked under the decode rows
+            rows = [logits] if logits is not None else []
+            logits = np.vstack(rows + [row for _, row in prompt_logits])
+        picked = list(zip(requests, self.output.choose(requests, logits)))
         for request, choice in picked:
             request.output_ids.append(choice.token_id)
         # Only now, with every row's token recorded, may rows finish: compaction moves a row's
@@ -239,12 +262,18 @@ class GenerationEngine:
                 self._finish(request, FINISHED_STATES[event.finish_reason], event)
 
     def _apply(self, ops: list[RowOp]) -> None:
-        """Carries out the scheduler's row moves and releases on the runner, in order."""
+        """Carries out the scheduler's row operations on the runner, in order."""
+        runner = self.runner
         for op in ops:
             if isinstance(op, MoveRow):
-                self.runner.move(op.src, op.dst, op.length)
+                runner.move(op.src, op.dst, op.length)
+            elif isinstance(op, ReleaseRow):
+                runner.release(op.row)
+            elif isinstance(op, StoreBlocks):
+                runner.store_blocks(op.row, op.blocks)
             else:
-                self.runner.release(op.row)
+                runner.load_blocks(op.row, op.slots)
+                self.scheduler.copied(op)
 
     def _interrupt(self, request: GenerationRequest, status: RequestStatus) -> None:
         self._finish(request, status, self.output.interrupted(request, status))

@@ -95,6 +95,8 @@ class GenerationRequest:
     # Engine-side state (row in the KV buffer, prompt tokens prefilled, chooser, text stream).
     row: int = -1
     prefilled: int = 0
+    # Prefix-cache blocks (prefix_cache.Block) this request copies from, pinned until copied.
+    pinned: list = field(default_factory=list)
     state: Optional[RequestStream] = None  # set when the engine starts the request
 
     def cancel(self) -> None:

@@ -5,7 +5,13 @@ with fake runners). Invariant between steps: rows 0..r-1 hold RUNNING requests (
 batch), and at most one PREFILLING request holds row r, part of its prompt written. A finished
 or cancelled request's row is filled by moving the last running row into it, so the batch stays
 contiguous; a prefilling row then slides down behind the running ones. The scheduler only plans
-those row operations: `finish` and `commit` return them, and the engine applies them to the runner.
+those row operations: `schedule` (in the batch), `finish` and `commit` return them, and the engine
+applies them to the runner.
+
+With a prefix cache (prefix_cache.py), a request admitted to a row first gets the longest cached
+prefix of its prompt copied into that row (CopyBlocks, before the step's runs) and prefills only
+the rest; a completed prompt's blocks, and with `cache_generated` a finished request's history,
+are stored into the pool (StoreBlocks) before anything moves over its row.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from appliance.engine.prefix_cache import PrefixCache
 from appliance.engine.request import GenerationRequest, RequestStatus
 
 
@@ -33,7 +40,24 @@ class ReleaseRow:
     row: int
 
 
-RowOp = Union[MoveRow, ReleaseRow]  # applied in order
+@dataclass(frozen=True)
+class CopyBlocks:
+    """Copy pool slots into row `row`, slot i at positions [i * block, (i + 1) * block)."""
+
+    request: GenerationRequest  # whose pinned blocks these are: the engine unpins them once copied
+    row: int
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StoreBlocks:
+    """Copy row `row`'s positions [p, p + block) into pool slot s, for each (s, p)."""
+
+    row: int
+    blocks: tuple[tuple[int, int], ...]
+
+
+RowOp = Union[MoveRow, ReleaseRow, CopyBlocks, StoreBlocks]  # applied in order
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,13 @@ class SchedulerConfig:
     # Prompts are cut at multiples of this (whatever else runs), so running streams keep their pace.
     prefill_chunk: int = 128
     max_queue: int = 64
+    # With a prefix cache: whether a finished request's generated tokens enter it too. Decode
+    # wrote their KV one token at a time, which rounds differently from a prompt's chunked prefill,
+    # so a later hit on them may change tokens (the prompt-only cache never does).
+    cache_generated: bool = False
+    # The prefix cache's pool (0: no cache) and the tokens per cached block (divides prefill_chunk).
+    prefix_cache_bytes: int = 0
+    prefix_block_tokens: int = 32
 
 
 @dataclass(frozen=True)
@@ -61,6 +92,8 @@ class PrefillChunk:
 @dataclass
 class Batch:
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Cached prefixes to copy into newly admitted rows, before any prefill runs.
+    copies: list[CopyBlocks] = field(default_factory=list)
     # Requests in rows 0..n-1, in row order.
     decode: list[GenerationRequest] = field(default_factory=list)
 
@@ -70,8 +103,9 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: SchedulerConfig, cache: Optional[PrefixCache] = None):
         self.config = config
+        self.cache = cache
         self.waiting: deque[GenerationRequest] = deque()
         self.running: list[GenerationRequest] = []  # index == row
         self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
@@ -100,8 +134,10 @@ class Scheduler:
             request = self.prefilling or self._peek_waiting()
             if request is None:
                 break
-            start = request.prefilled  # a request gets at most one chunk per step
-            size = min(len(request.prompt_ids) - start, self.config.prefill_chunk)
+            hit = self._usable_hit(request) if request.row < 0 else []
+            start = request.prefilled or len(hit) * self._block_tokens  # one chunk per step
+            chunk = self.config.prefill_chunk
+            size = min(len(request.prompt_ids) - start, chunk - start % chunk)  # cut at multiples
             if size > budget and batch.prefills:
                 break
             if request.row < 0:
@@ -109,6 +145,7 @@ class Scheduler:
                 request.row = rows_taken
                 request.status = RequestStatus.PREFILLING
                 self.prefilling = request
+                self._admit(request, hit, batch)
             batch.prefills.append(PrefillChunk(request, request.prompt_ids[start : start + size], start))
             budget -= size
             if start + size < len(request.prompt_ids):
@@ -119,6 +156,54 @@ class Scheduler:
         self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
         return batch
 
+    @property
+    def _block_tokens(self) -> int:
+        return self.cache.block_tokens if self.cache is not None else 1
+
+    def _usable_hit(self, request: GenerationRequest) -> list:
+        """The cached blocks a new request may copy: the longest cached prefix that leaves the
+        logits' position to compute and whose rest prefills in the very chunks a cold prompt's would.
+
+        Kernels round a chunk of one token differently from longer ones (0.77 in the logits on an
+        int4 package), and a cold prompt's chunks are cut at multiples of prefill_chunk. So a hit
+        may leave a one-token rest only where the cold prompt ends in a one-token chunk too (the
+        hit ends at a multiple of prefill_chunk); elsewhere it gives back a block, and at least
+        block + 1 tokens are recomputed. A fully cached prompt therefore re-runs only its last
+        token just where that is exact.
+        """
+        if self.cache is None:
+            return []
+        prompt, size = request.prompt_ids, self.cache.block_tokens
+        hit = self.cache.match(prompt, (len(prompt) - 1) // size)
+        if hit and len(prompt) - len(hit) * size == 1 and (len(hit) * size) % self.config.prefill_chunk:
+            hit.pop()
+        return hit
+
+    def _admit(self, request: GenerationRequest, hit: list, batch: Batch) -> None:
+        """Pins the hit's blocks until the engine has copied them into the request's row."""
+        if self.cache is None:
+            return
+        self.cache.record_lookup(len(request.prompt_ids), len(hit) * self.cache.block_tokens)
+        if hit:
+            self.cache.pin(hit)
+            request.pinned = hit
+            request.prefilled = len(hit) * self.cache.block_tokens
+            batch.copies.append(CopyBlocks(request, request.row, tuple(b.slot for b in hit)))
+
+    def copied(self, op: CopyBlocks) -> None:
+        """The engine applied `op`: its request's blocks may be evicted again."""
+        self._unpin(op.request)
+
+    def _unpin(self, request: GenerationRequest) -> None:
+        if request.pinned:
+            self.cache.unpin(request.pinned)
+            request.pinned = []
+
+    def _store(self, request: GenerationRequest, tokens: list[int], positions: int) -> list[RowOp]:
+        """Plans storing the first `positions` of the request's row (their ids: tokens) in the pool."""
+        blocks = self.cache.insert(tokens, positions) if self.cache is not None else []
+        return [StoreBlocks(request.row, tuple(blocks))] if blocks else []
+
     def _peek_waiting(self) -> Optional[GenerationRequest]:
         """The first waiting request that is still wanted, left at the queue's head."""
         while self.waiting and self.waiting[0].status.finished:
@@ -127,16 +212,20 @@ class Scheduler:
 
     def commit(self, batch: Batch) -> list[RowOp]:
         """After the step ran: record prefill progress, promote completed prompts to running;
-        returns the row moves that keep the prefilling row behind the running ones."""
+        returns the prompts' blocks to store, then the row moves that keep the prefilling row behind
+        the running ones."""
+        ops: list[RowOp] = []
         for chunk in batch.prefills:
             chunk.request.prefilled = chunk.start + len(chunk.tokens)
+            if chunk.completes_prompt:
+                ops += self._store(chunk.request, chunk.request.prompt_ids, chunk.request.prefilled)
         for request in self._pending_running:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
         self._pending_running = []
         if self.prefilling is not None and self.prefilling.row != len(self.running):
-            return [self._relocate(self.prefilling, len(self.running))]
-        return []
+            ops.append(self._relocate(self.prefilling, len(self.running)))
+        return ops
 
     def requests(self) -> list[GenerationRequest]:
         """Every request held: running, prefilling, completing its prompt in the step now running
@@ -148,6 +237,9 @@ class Scheduler:
         """Frees a request's row (compacting the batch) or drops it from the queue; returns the
         row operations that compaction takes."""
         ops: list[RowOp] = []
+        self._unpin(request)  # cancelled between its match and the copy
+        if self.config.cache_generated and request in self.running and status < RequestStatus.FINISHED_ERROR:
+            ops += self._store(request, request.prompt_ids + request.output_ids, request.cached_tokens)
         request.status = status
         if request in self._pending_running:  # its step failed before commit
             self._pending_running.remove(request)

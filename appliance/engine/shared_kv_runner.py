@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from appliance.engine.device_buffers import CpuDevice, DeviceBuffer, device_for
-from appliance.engine.package_session import open_decoder_session, open_package_session
+from appliance.engine.package_session import open_decoder_session, open_package_session, open_prefill_session
 from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
@@ -67,10 +67,17 @@ class SharedKVRunner:
         self.vocab_size = manifest.vocab_size
         self._dtypes = {spec.name: np.dtype(spec.dtype) for spec in (*manifest.io.inputs, *manifest.io.outputs)}
         self._prefill_options = self._run_options(SKIP_GRAPH)
+        # The package's prefill graph (another recipe over the same IO and KV layout), or None:
+        # prefill then runs on the decode session. Both bind the same device buffers.
+        self.prefill_session = open_prefill_session(package_dir, manifest, options)
+        # "last": the graph's LM head runs on the last position only, so a chunk's logits are [1, 1, vocab].
+        self._last_logits_only = manifest.logits == "last"
         self._prefill_ids: Optional[DeviceBuffer] = None  # [1, longest chunk so far]
-        self._prefill_logits: Optional[DeviceBuffer] = None  # [1, longest chunk so far, vocab]
+        self._prefill_logits: Optional[DeviceBuffer] = None  # [1, longest chunk so far or 1, vocab]
         self._graph_epoch = 0  # captured graphs hold addresses: new buffers need new graph ids
         self.row_quantum = 1
+        self._pool: list[DeviceBuffer] = []  # prefix-cache blocks, per layer K and V [blocks, H, B, D]
+        self._block_tokens = 0
         self._allocate(max_batch)
 
     def _run_options(self, graph_id: str) -> Optional[ort.RunOptions]:
@@ -131,9 +138,10 @@ class SharedKVRunner:
             found = self._decode_bindings[n] = binding, self._run_options(str(self._graph_epoch * 1000 + n))
         return found
 
-    def _run(self, binding: ort.IOBinding, options: Optional[ort.RunOptions]) -> None:
+    def _run(self, binding: ort.IOBinding, options: Optional[ort.RunOptions],
+             session: Optional[ort.InferenceSession] = None) -> None:
         self.device.before_run()
-        self.session.run_with_iobinding(binding, options)
+        (session or self.session).run_with_iobinding(binding, options)
 
     def _run_decode(self, rows: int) -> None:
         try:
@@ -161,12 +169,15 @@ class SharedKVRunner:
         if self._prefill_ids is None or self._prefill_ids.row_size < length:
             self._prefill_ids = self._prefill_logits = None  # freed before the larger ones
             self._prefill_ids = self.device.allocate("input_ids", (1, length), self._dtypes["input_ids"])
-            self._prefill_logits = self.device.allocate("logits", (1, length, self.vocab_size), self._dtypes["logits"])
+            positions = 1 if self._last_logits_only else length
+            self._prefill_logits = self.device.allocate("logits", (1, positions, self.vocab_size),
+                                                        self._dtypes["logits"])
         return self._prefill_ids, self._prefill_logits
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> np.ndarray:
         """Writes token_ids at positions start.. of row `slot`; returns the last position's logits [vocab],
-        read off the device alone (the graph computes [1, S, vocab] into a reused buffer)."""
+        read off the device alone (into a reused buffer the graph writes [1, S, vocab], or [1, 1, vocab]
+        where its LM head runs on the last position only). Runs on the prefill graph where there is one."""
         device, size, end = self.device, len(token_ids), start + len(token_ids)
         ids, logits = self._prefill_buffers(size)
         device.write(ids, 0, np.asarray(token_ids, ids.dtype))  # [S]
@@ -174,16 +185,19 @@ class SharedKVRunner:
         device.write(self._mask, row + start, np.ones(size, self._mask.dtype))
         if self._cached[slot] > end:  # a row that held more (a rewritten chunk) keeps no stale ones
             device.clear(self._mask, row + end, int(self._cached[slot]) - end)
-        binding = self.session.io_binding()
+        session = self.prefill_session or self.session
+        binding = session.io_binding()
         device.bind(binding, "input_ids", ids, 0, (1, size))
         # [1, start + S], the row's own mask: GQA tells a first prompt by mask length == S.
         device.bind(binding, "attention_mask", self._mask, slot, (1, end))
-        device.bind(binding, "logits", logits, 0, (1, size, self.vocab_size), output=True)  # [1, S, vocab]
+        positions = 1 if self._last_logits_only else size
+        device.bind(binding, "logits", logits, 0, (1, positions, self.vocab_size), output=True)
         self._bind_kv(binding, slot, 1)
-        self._run(binding, self._prefill_options)
+        # The prefill graph's session never captures CUDA graphs, so it takes no graph id.
+        self._run(binding, self._prefill_options if session is self.session else None, session)
         self._cached[slot] = end
         # A copy: a step may prefill several rows before it samples any.
-        return np.array(device.read(logits, (size - 1) * self.vocab_size, self.vocab_size), np.float32)
+        return np.array(device.read(logits, (positions - 1) * self.vocab_size, self.vocab_size), np.float32)
 
     def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows 0..n-1; lengths[i] tokens are already cached in row i.
@@ -223,3 +237,41 @@ class SharedKVRunner:
         if self._cached[slot]:
             self.device.clear(self._mask, int(self._row_starts[slot]), int(self._cached[slot]))
         self._cached[slot] = 0
+
+    def allocate_prefix_pool(self, block_tokens: int, budget_bytes: int) -> tuple[int, int]:
+        """Allocates the prefix cache's pool on the session's device, as many blocks of
+        `block_tokens` positions as `budget_bytes` holds; returns (blocks, bytes per block)."""
+        layout = self.layout
+        shape = (layout.num_kv_heads, block_tokens, layout.head_dim)  # one block of one layer's K or V
+        block_bytes = 2 * layout.num_layers * int(np.prod(shape)) * np.dtype(layout.dtype).itemsize
+        blocks = budget_bytes // block_bytes
+        self._pool = [self.device.allocate("prefix_cache", (blocks, *shape), layout.dtype)
+                      for _ in range(2 * layout.num_layers)] if blocks else []
+        self._block_tokens = block_tokens
+        return blocks, block_bytes
+
+    def _block_copies(self, slot: int, blocks, to_row: bool) -> None:
+        """Each (pool block, first position): H runs of B * D elements, B * D apart in the pool
+        and C * D apart in the row, copied on the device in the direction asked."""
+        layout, copy, size = self.layout, self.device.copy_between, self._block_tokens
+        width, row_pitch = size * layout.head_dim, self.context_length * layout.head_dim
+        for pool, kv in zip(self._pool, self._kv):
+            for block, position in blocks:
+                at_row = slot * kv.row_size + position * layout.head_dim
+                at_pool = block * pool.row_size
+                if to_row:
+                    copy(pool, at_pool, width, kv, at_row, row_pitch, width, layout.num_kv_heads)
+                else:
+                    copy(kv, at_row, row_pitch, pool, at_pool, width, width, layout.num_kv_heads)
+
+    def load_blocks(self, slot: int, blocks) -> None:
+        """Copies pool blocks into row `slot`, block i at positions [i * B, (i + 1) * B), and marks
+        those positions held (the row must be empty: a newly admitted request's)."""
+        self._block_copies(slot, [(block, i * self._block_tokens) for i, block in enumerate(blocks)], True)
+        length = len(blocks) * self._block_tokens
+        self.device.write(self._mask, int(self._row_starts[slot]), np.ones(length, self._mask.dtype))
+        self._cached[slot] = length
+
+    def store_blocks(self, slot: int, blocks) -> None:
+        """Copies row `slot`'s positions [p, p + B) into pool block b, for each (b, p)."""
+        self._block_copies(slot, blocks, False)

@@ -1,0 +1,204 @@
+"""The prefix cache's logic with fake runners: hits, partial hits, chunk cuts, eviction, pinning,
+cancellation between a match and its copy, and budget 0 turning it off."""
+
+import pytest
+
+from appliance.engine.engine import GenerationEngine
+from appliance.engine.prefix_cache import PrefixCache
+from appliance.engine.request import GenerationRequest, RequestStatus
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import CopyBlocks, Scheduler, SchedulerConfig, StoreBlocks
+from tests.appliance.engine.fakes import FakeRunner, FakeTokenizer, expected_tokens
+from tests.appliance.engine.streams import collect_many, tokens_of
+
+BLOCK = 8
+SYSTEM = list(range(1, 41))  # 40 tokens: five blocks
+
+
+class PooledFakeRunner(FakeRunner):
+    """FakeRunner with a prefix pool of token lists: a block copied into a wrong place, or a row
+    that holds fewer positions than the engine thinks, gives wrong tokens or fails an assert."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pool = {}
+        self.prefills = []  # (row, start, size) of every prefill call
+
+    def allocate_prefix_pool(self, block_tokens, budget_bytes):
+        self.block_tokens = block_tokens
+        return budget_bytes // 100, 100  # a block "costs" 100 bytes
+
+    def load_blocks(self, slot, blocks):
+        assert not self.rows[slot], "blocks copied into a row that holds positions"
+        self.rows[slot] = [t for block in blocks for t in self.pool[block]]
+
+    def store_blocks(self, slot, blocks):
+        for block, position in blocks:
+            self.pool[block] = self.rows[slot][position : position + self.block_tokens]
+
+    def prefill(self, slot, token_ids, start):
+        self.prefills.append((slot, start, len(token_ids)))
+        return super().prefill(slot, token_ids, start)
+
+
+def engine_with_cache(blocks=16, **scheduling):
+    runner = PooledFakeRunner(max_batch=4)
+    config = SchedulerConfig(max_batch=4, max_step_tokens=64, prefill_chunk=16, prefix_cache_bytes=blocks * 100,
+                             prefix_block_tokens=BLOCK, **scheduling)
+    return GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[], config=config), runner
+
+
+def job(prompt, tokens=6):
+    return list(prompt), SamplingParams(max_tokens=tokens, ignore_eos=True)
+
+
+def test_a_repeated_prefix_is_copied_and_only_the_rest_prefilled():
+    engine, runner = engine_with_cache()
+    try:
+        first = SYSTEM + [50, 51, 52]
+        assert tokens_of(collect_many(engine, [job(first)])[0]) == expected_tokens(first, 6)
+        runner.prefills.clear()
+        second = SYSTEM + [60, 61, 62, 63]  # the same 40-token system prompt, a new question
+        assert tokens_of(collect_many(engine, [job(second)])[0]) == expected_tokens(second, 6)
+        # Five blocks copied; the rest prefilled from position 40, cut at the chunk multiple 48.
+        assert [(start, size) for _, start, size in runner.prefills] == [(40, 4)]
+        stats = engine.prefix_cache_stats()
+        assert (stats.lookups, stats.looked_up_tokens, stats.hit_tokens) == (2, 43 + 44, 40)
+        assert stats.hit_rate == pytest.approx(40 / 87)
+    finally:
+        engine.close()
+
+
+def test_a_partial_hit_copies_the_shared_blocks_and_prefills_in_the_cold_chunks():
+    engine, runner = engine_with_cache()
+    try:
+        collect_many(engine, [job(SYSTEM + [50])])
+        runner.prefills.clear()
+        diverging = SYSTEM[:20] + [90] * 30  # shares two whole blocks, and half of a third
+        assert tokens_of(collect_many(engine, [job(diverging)])[0]) == expected_tokens(diverging, 6)
+        # From 16 on, at the cold prompt's cuts: [16, 32), [32, 48), [48, 50).
+        assert [(start, size) for _, start, size in runner.prefills] == [(16, 16), (32, 16), (48, 2)]
+    finally:
+        engine.close()
+
+
+def test_hits_alone_and_batched_give_the_tokens_of_cold_runs():
+    engine, runner = engine_with_cache()
+    try:
+        collect_many(engine, [job(SYSTEM + [7])])
+        jobs = [job(SYSTEM + [100 + i] * (i + 1), 4 + i) for i in range(4)]
+        together = collect_many(engine, jobs)
+        assert [tokens_of(events) for events in together] == [expected_tokens(p, n.max_tokens) for p, n in jobs]
+        # The 41-token prompt gives a block back (a lone last token at 40 is no cold chunk).
+        assert engine.prefix_cache_stats().hit_tokens == 32 + 3 * 40
+    finally:
+        engine.close()
+
+
+def scheduler_with(cache, prefill_chunk=16):
+    return Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64, prefill_chunk=prefill_chunk), cache)
+
+
+def cached(prompt, positions, blocks=8):
+    cache = PrefixCache(blocks, BLOCK, 100)
+    cache.insert(prompt, positions)
+    return cache
+
+
+def admit(scheduler, prompt):
+    request = GenerationRequest("r", list(prompt), SamplingParams(max_tokens=4))
+    scheduler.add(request)
+    return request, scheduler.schedule()
+
+
+def test_a_one_token_rest_is_left_only_where_the_cold_prompt_ends_in_a_one_token_chunk():
+    # 25 tokens, chunks of 16: the cold prompt runs [0, 16) + [16, 25); a 24-token hit would
+    # leave a lone token, computed unlike the cold 9-token chunk, so one block is given back.
+    prompt = list(range(25))
+    request, batch = admit(scheduler_with(cached(prompt, 24)), prompt)
+    assert request.prefilled == 16 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(16, 9)]
+    # 33 tokens: the cold prompt ends in the lone chunk [32, 33), so the 32-token hit stands.
+    prompt = list(range(33))
+    request, batch = admit(scheduler_with(cached(prompt, 32)), prompt)
+    assert request.prefilled == 32 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(32, 1)]
+
+
+def test_a_prompt_never_copies_its_last_position():
+    prompt = list(range(32))  # all four blocks cached: the logits need position 31 computed
+    request, batch = admit(scheduler_with(cached(prompt, 32)), prompt)
+    assert request.prefilled == 24 and batch.copies[0].slots == (0, 1, 2)
+
+
+def test_eviction_takes_the_least_recently_used_leaf_first():
+    cache = PrefixCache(4, BLOCK, 100)
+    a, b = list(range(100, 124)), list(range(200, 216))
+    assert cache.insert(a, 24) == [(0, 0), (1, 8), (2, 16)]
+    cache.insert(b, 16)  # one slot free, then A's leaf goes
+    assert len(cache.match(a, 3)) == 2 and len(cache.match(b, 2)) == 2
+    assert cache.stats().evictions == 1 and cache.stats().held_bytes == 400
+    cache.match(a, 3)  # A used last: B's leaf, then B's root, go next
+    c = list(range(300, 316))
+    cache.insert(c, 16)
+    assert len(cache.match(b, 2)) == 0 and len(cache.match(a, 3)) == 2 and len(cache.match(c, 2)) == 2
+
+
+def test_pinned_blocks_are_never_evicted():
+    cache = PrefixCache(2, BLOCK, 100)
+    a = list(range(16))
+    cache.insert(a, 16)
+    cache.pin(cache.match(a, 2))
+    assert cache.insert(list(range(50, 66)), 16) == []  # no slot to take
+    assert len(cache.match(a, 2)) == 2
+
+
+def test_a_request_cancelled_between_its_match_and_its_copy_unpins_the_blocks():
+    prompt = list(range(40))
+    cache = cached(prompt, 32, blocks=4)
+    scheduler = scheduler_with(cache)
+    request, batch = admit(scheduler, prompt)
+    assert batch.copies == [CopyBlocks(request, 0, (0, 1, 2, 3))]
+    assert all(block.pins == 1 for block in request.pinned)
+    scheduler.finish(request, RequestStatus.FINISHED_CANCELLED)
+    assert request.pinned == [] and cache.insert(list(range(500, 508)), 8) == [(3, 0)]  # a leaf evicted
+
+
+def test_a_completed_prompt_stores_its_new_whole_blocks():
+    cache = cached(list(range(16)), 16)
+    scheduler = scheduler_with(cache, prefill_chunk=32)
+    request, batch = admit(scheduler, list(range(30)))
+    assert request.prefilled == 16 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(16, 14)]
+    ops = scheduler.commit(batch)
+    assert ops == [StoreBlocks(0, ((2, 16),))]  # positions [16, 24); [24, 30) is not a whole block
+
+
+def test_with_cache_generated_a_finished_history_enters_the_cache():
+    engine, runner = engine_with_cache(cache_generated=True)
+    try:
+        turn = SYSTEM[:20]
+        answer = tokens_of(collect_many(engine, [job(turn, 13)])[0])
+        # 20 prompt + 12 decoded positions (the last token's KV was never written): four blocks.
+        assert engine.prefix_cache_stats().held_bytes == 400
+        runner.prefills.clear()
+        follow_up = turn + answer + [70, 71]
+        assert tokens_of(collect_many(engine, [job(follow_up)])[0]) == expected_tokens(follow_up, 6)
+        assert runner.prefills[0][1] == 32
+    finally:
+        engine.close()
+
+
+def test_budget_zero_turns_the_cache_off():
+    engine, runner = engine_with_cache(blocks=0)
+    try:
+        collect_many(engine, [job(SYSTEM)])
+        collect_many(engine, [job(SYSTEM)])
+        assert engine.prefix_cache is None and runner.pool == {}
+        assert engine.prefix_cache_stats().lookups == 0 and [s for _, s, _ in runner.prefills] == [0, 16, 32] * 2
+    finally:
+        engine.close()
+
+
+def test_a_block_size_that_does_not_divide_the_chunk_is_refused():
+    with pytest.raises(ValueError, match="prefix_block_tokens"):
+        GenerationEngine(PooledFakeRunner(max_batch=4), FakeTokenizer(), [],
+                         SchedulerConfig(max_batch=4, prefill_chunk=16, prefix_cache_bytes=1000,
+                                         prefix_block_tokens=12))
