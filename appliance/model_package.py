@@ -96,6 +96,17 @@ class Target(_Frozen):
     profiles: Optional[dict[str, list[list[int]]]] = None
 
 
+class PrefillGraph(_Frozen):
+    """A second graph, over the same IO signature and KV layout, that prefill runs on: a recipe
+    that prefills faster than the decode graph's (export/prefill_graph.py)."""
+
+    file: str
+    # Its quantization recipe (the decode graph's is the manifest's `quantization`).
+    quantization: dict
+    # Bytes of weights a session of it loads: the memory it adds beside the decode graph.
+    weight_bytes: int
+
+
 class Manifest(_Frozen):
     schema_version: int
     task: Task
@@ -114,6 +125,10 @@ class Manifest(_Frozen):
     pad_token_id: Optional[int] = None
     chat_template: Optional[str] = None
     kv_layout: Optional[KVLayout] = None
+    # "last": the graph's logits are [batch, 1, vocab], the LM head on the last position only
+    # (export/last_logits.py); "all": [batch, sequence, vocab], as packages written before it.
+    logits: Literal["all", "last"] = "all"
+    prefill_graph: Optional[PrefillGraph] = None
     pooling: Optional[Pooling] = None
     embedding_dim: Optional[int] = None
     # Class names by output index (text- and token-classification).
@@ -211,7 +226,8 @@ def verify_files(package_dir: Path, manifest: Manifest) -> None:
     resized or changed."""
     name = package_dir.name
     named = [("model file", manifest.model_file)] + [
-        (f"{t.name} engine_model", t.engine_model) for t in manifest.targets if t.engine_model]
+        (f"{t.name} engine_model", t.engine_model) for t in manifest.targets if t.engine_model] + [
+        ("prefill graph", graph.file) for graph in [manifest.prefill_graph] if graph]
     for what, rel in named:
         if rel not in manifest.files:
             raise PackageError(name, f"{what} {rel} is not listed in the manifest")

@@ -24,6 +24,8 @@ from appliance.model_package import Manifest, TensorSpec
 log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {"float": "float32", "double": "float64"}
+# What the load log line names of a prefill graph's recipe.
+RECIPE_KEYS = ("method", "bits", "block_size", "accuracy_level")
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,11 +74,14 @@ def _compare(package: str, model_file: str, kind: str, declared: list[TensorSpec
         raise PackageError(package, f"manifest io: {model_file} has {kind} {extra[0]} that the manifest does not list")
 
 
-def check_signature(package: str, manifest: Manifest, session: ort.InferenceSession) -> None:
+def check_signature(package: str, manifest: Manifest, session: ort.InferenceSession,
+                    model_file: Optional[str] = None) -> None:
+    """model_file: the graph the session runs (default the manifest's; a prefill graph has the same IO)."""
+    model_file = model_file or manifest.model_file
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    _compare(package, manifest.model_file, "input", manifest.io.inputs, inputs)
-    _compare(package, manifest.model_file, "output", manifest.io.outputs, outputs)
+    _compare(package, model_file, "input", manifest.io.inputs, inputs)
+    _compare(package, model_file, "output", manifest.io.outputs, outputs)
     layout = manifest.kv_layout
     if layout is None:
         return
@@ -87,27 +92,43 @@ def check_signature(package: str, manifest: Manifest, session: ort.InferenceSess
             if layer == layout.num_layers:
                 if present:
                     raise PackageError(package, f"manifest kv_layout.num_layers {layout.num_layers}: "
-                                                f"{manifest.model_file} has {name}")
+                                                f"{model_file} has {name}")
                 continue
             if not present:
-                raise PackageError(package, f"manifest kv_layout: {manifest.model_file} has no input {name}")
+                raise PackageError(package, f"manifest kv_layout: {model_file} has no input {name}")
             shape = inputs[name].shape
             for index, field, value in ((1, "num_kv_heads", layout.num_kv_heads), (3, "head_dim", layout.head_dim)):
                 if len(shape) == 4 and isinstance(shape[index], int) and shape[index] != value:
                     raise PackageError(package, f"manifest kv_layout.{field} {value} does not match {name} "
-                                                f"{list(shape)} in {manifest.model_file}")
+                                                f"{list(shape)} in {model_file}")
 
 
 def open_package_session(package_dir: Path, manifest: Manifest, options: RuntimeOptions,
-                         cuda_graph: bool = False) -> ort.InferenceSession:
+                         cuda_graph: bool = False, model_file: Optional[str] = None) -> ort.InferenceSession:
+    model_file = model_file or manifest.model_file
     check_tensorrt_targets(package_dir, manifest, options)
     try:
-        session = create_session(str(package_dir / manifest.model_file), options, cuda_graph)
+        session = create_session(str(package_dir / model_file), options, cuda_graph)
     except Exception as exc:  # ORT's own errors: their text may quote the file, so the class only
         with_graphs = " with CUDA graphs" if cuda_graph else ""
-        raise PackageError(package_dir.name, f"file {manifest.model_file} cannot be loaded by ONNX Runtime"
+        raise PackageError(package_dir.name, f"file {model_file} cannot be loaded by ONNX Runtime"
                                              f"{with_graphs} ({exc.__class__.__name__})") from exc
-    check_signature(package_dir.name, manifest, session)
+    check_signature(package_dir.name, manifest, session, model_file)
+    return session
+
+
+def open_prefill_session(package_dir: Path, manifest: Manifest,
+                         options: RuntimeOptions) -> Optional[ort.InferenceSession]:
+    """The session of the package's prefill graph, on the same provider and options as the decode
+    graph's, or None where the package has none or [runtime] prefill_graph = "off". Prefill shapes
+    vary, so it never captures CUDA graphs."""
+    graph = manifest.prefill_graph
+    if graph is None or options.prefill_graph == "off":
+        return None
+    session = open_package_session(package_dir, manifest, options, model_file=graph.file)
+    log.info("%s: prefill runs on %s (%s), about %.0f MB more memory for its own copy of the weights "
+             "([runtime] prefill_graph = \"off\" saves it)", package_dir.name, graph.file,
+             ", ".join(f"{k} {v}" for k, v in graph.quantization.items() if k in RECIPE_KEYS), graph.weight_bytes / 1e6)
     return session
 
 

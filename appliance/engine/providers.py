@@ -27,6 +27,8 @@ class RuntimeOptions:
     cuda_graph: Literal["auto", "on", "off"] = "auto"
     # The GPU the CUDA and TensorRT providers compute on ([runtime] devices places each replica).
     device_id: int = 0
+    # Whether a decoder prefills on its package's prefill graph where it carries one ([runtime] prefill_graph).
+    prefill_graph: Literal["auto", "off"] = "auto"
 
 
 def device_name(provider: str, device_id: int) -> str:
