@@ -11,6 +11,7 @@ asyncio server stays responsive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -244,6 +245,8 @@ class GenerationEngine:
 
     def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
         requests = list(batch.decode) + [request for request, _ in prompt_logits]
+        if not requests:  # the step only prefilled chunks that end no prompt
+            return
         logits = decode_logits  # [len(batch.decode), vocab]
         if prompt_logits:  # rare (a prompt's last chunk): one [vocab] row each, stacked under the decode rows
             rows = [logits] if logits is not None else []
@@ -280,6 +283,8 @@ class GenerationEngine:
 
     def _finish(self, request: GenerationRequest, status: RequestStatus, event: TokenEvent) -> None:
         self._apply(self.scheduler.finish(request, status))
+        if request.prefix_hit:
+            event = dataclasses.replace(event, cached_tokens=request.prefix_hit)
         self.delivery.emit(request, event)
         with self._lock:
             self._admitted -= 1

@@ -71,6 +71,8 @@ class TokenEvent:
     finish_reason: Optional[str] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of prompt_tokens, those whose KV was copied from the prefix cache (the last event only).
+    cached_tokens: int = 0
     timings: Optional[Timings] = None
     error: Optional[BaseException] = None
     # Per token in token_ids, when the request asked for logprobs: (logprob, ((id, logprob), ...)).
@@ -97,6 +99,7 @@ class GenerationRequest:
     prefilled: int = 0
     # Prefix-cache blocks (prefix_cache.Block) this request copies from, pinned until copied.
     pinned: list = field(default_factory=list)
+    prefix_hit: int = 0  # prompt tokens copied from the prefix cache
     state: Optional[RequestStream] = None  # set when the engine starts the request
 
     def cancel(self) -> None:

@@ -187,7 +187,7 @@ class Scheduler:
         if hit:
             self.cache.pin(hit)
             request.pinned = hit
-            request.prefilled = len(hit) * self.cache.block_tokens
+            request.prefilled = request.prefix_hit = len(hit) * self.cache.block_tokens
             batch.copies.append(CopyBlocks(request, request.row, tuple(b.slot for b in hit)))
 
     def copied(self, op: CopyBlocks) -> None:

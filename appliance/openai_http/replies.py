@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from appliance import finish_reasons
+from appliance.engine.request import TokenEvent
 from appliance.registry import ServedModel
 from appliance.server.core import TextPiece
 from appliance.server.errors import HttpError
@@ -32,9 +33,11 @@ def _redactions(counts: dict[tuple[str, str], int]) -> list[dict]:
             for (direction, entity_type), count in sorted(counts.items())]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(event: TokenEvent) -> dict:
+    """OpenAI's usage object; cached_tokens: prompt tokens the prefix cache held."""
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+            "total_tokens": event.prompt_tokens + event.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": event.cached_tokens}}
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Reply:
 
     def usage_chunk(self, last: TextPiece) -> dict:
         body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
-        body["usage"] = usage(last.event.prompt_tokens, last.event.completion_tokens)
+        body["usage"] = usage(last.event)
         return body
 
     def whole(self, pieces: list[TextPiece]) -> dict:
@@ -81,7 +84,7 @@ class Reply:
         else:
             choice["text"] = text
         body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
-        body["usage"] = usage(last.event.prompt_tokens, last.event.completion_tokens)
+        body["usage"] = usage(last.event)
         body["redactions"] = _redactions(last.redacted or {})
         return body
 

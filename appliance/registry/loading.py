@@ -127,7 +127,8 @@ def load_model(model: ServedModel, settings: LoadSettings) -> bool:
     try:
         _load(model, settings)
         model.state = ModelState.READY
-        log.info("model %s version %s ready on %s", model.name, model.version, model.provider)
+        cache = f", prefix cache {model.engine.prefix_cache_stats().capacity_bytes / 2**20:.0f} MB" if model.engine else ""
+        log.info("model %s version %s ready on %s%s", model.name, model.version, model.provider, cache)
         _log_validation(model)
         return True
     except Exception as exc:
@@ -182,6 +183,8 @@ def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, 
     engines: list[GenerationEngine] = []
     devices: list[str] = []  # where each replica computes (a GPU that is missing falls back to the CPU)
     measured: dict[str, InvarianceReport] = {}  # per execution provider: kernels differ between them
+    # The prefix-cache budget is the decoder's: its replicas share it out.
+    scheduling = replace(settings.scheduling, prefix_cache_bytes=settings.scheduling.prefix_cache_bytes // len(placed))
     try:
         for index, runtime in enumerate(placed):
             runner = open_decoder_runner(model.path, manifest, runtime, settings.scheduling.max_batch,
@@ -197,7 +200,7 @@ def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, 
                 model.provider = runner.provider
                 model.batch_invariance = measured[runner.provider]
             suffix = f"-{index}" if len(placed) > 1 else ""
-            engines.append(GenerationEngine(runner, tokenizer, manifest.eos_token_ids, settings.scheduling,
+            engines.append(GenerationEngine(runner, tokenizer, manifest.eos_token_ids, scheduling,
                                             name=f"engine-{model.name}{suffix}"))
     finally:
         # So a failure closes what started.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
 from appliance.engine.engine import EngineStats, GenerationEngine
+from appliance.engine.prefix_cache import PrefixCacheStats
 from appliance.engine.request import TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import QueueFull
@@ -111,6 +112,10 @@ class ReplicaSet:
         return EngineStats(sum(s.waiting for s in each), sum(s.running for s in each),
                            sum(s.prefilling for s in each), sum(s.max_batch for s in each),
                            sum(s.admitted for s in each))
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """The replicas' prefix caches summed (each replica has its own)."""
+        return sum((engine.prefix_cache_stats() for engine in self.replicas), PrefixCacheStats())
 
     def replica_stats(self) -> list[EngineStats]:
         return [engine.stats() for engine in self.replicas]

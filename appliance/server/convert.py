@@ -136,6 +136,10 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         info.architecture = model.manifest.architecture
         info.precision = model.manifest.precision
         info.context_length = model.manifest.context_length
+    if model.engine is not None:
+        cache = model.engine.prefix_cache_stats()
+        info.prefix_cache.CopyFrom(pb.PrefixCache(capacity_bytes=cache.capacity_bytes, held_bytes=cache.held_bytes,
+                                                  hit_rate=cache.hit_rate, lookups=cache.lookups))
     report = model.batch_invariance
     if report is not None:
         info.batch_invariance.CopyFrom(pb.BatchInvariance(holds=report.holds, row_quantum=report.row_quantum,

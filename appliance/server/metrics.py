@@ -57,8 +57,10 @@ class Metrics:
         self.waiting.labels(model).set(stats.waiting)
 
     def watch_replicas(self, models) -> None:
-        """Per-replica figures of every served decoder (`models`: the ModelRegistry), read at scrape."""
+        """Per-replica and prefix-cache figures of every served decoder (`models`: the ModelRegistry),
+        read at scrape."""
         self.registry.register(_ReplicaCollector(models))
+        self.registry.register(_PrefixCacheCollector(models))
 
     def observe_reload(self, results: list[ReloadResult]) -> None:
         for result in results:
@@ -93,3 +95,31 @@ class _ReplicaCollector:
                 waiting.add_metric(replica, stats.waiting)
                 routed.add_metric(replica, load.routed)
         yield from (running, slots, waiting, routed)
+
+
+class _PrefixCacheCollector:
+    """appliance_prefix_cache_* per model (its replicas summed): counters since the model loaded,
+    and the bytes allocated and held now. Token counts only, never which tokens."""
+
+    _COUNTERS = (("lookups", "Prompts looked up in the prefix cache"),
+                 ("looked_up_tokens", "Prompt tokens looked up in the prefix cache"),
+                 ("hit_tokens", "Prompt tokens copied from the prefix cache instead of prefilled"),
+                 ("evictions", "Prefix-cache blocks evicted to make room"))
+    _GAUGES = (("capacity_bytes", "Device memory allocated for the prefix cache"),
+               ("held_bytes", "Prefix-cache memory holding cached prefixes"))
+
+    def __init__(self, models):
+        self._models = models
+
+    def collect(self):
+        counters = [(name, CounterMetricFamily(f"appliance_prefix_cache_{name}", text, labels=["model"]))
+                    for name, text in self._COUNTERS]
+        gauges = [(name, GaugeMetricFamily(f"appliance_prefix_cache_{name}", text, labels=["model"]))
+                  for name, text in self._GAUGES]
+        for model in self._models.entries():
+            if model.engine is None:
+                continue
+            stats = model.engine.prefix_cache_stats()
+            for name, family in (*counters, *gauges):
+                family.add_metric([model.name], getattr(stats, name))
+        yield from (family for _, family in (*counters, *gauges))

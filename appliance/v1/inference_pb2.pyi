@@ -293,7 +293,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider", "version", "reload_error", "batch_invariance")
+    __slots__ = ("name", "task", "architecture", "precision", "context_length", "state", "error", "execution_provider", "version", "reload_error", "batch_invariance", "prefix_cache")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +305,7 @@ class ModelInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     BATCH_INVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     architecture: str
@@ -316,7 +317,20 @@ class ModelInfo(_message.Message):
     version: str
     reload_error: str
     batch_invariance: BatchInvariance
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., reload_error: _Optional[str] = ..., batch_invariance: _Optional[_Union[BatchInvariance, _Mapping]] = ...) -> None: ...
+    prefix_cache: PrefixCache
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., execution_provider: _Optional[str] = ..., version: _Optional[str] = ..., reload_error: _Optional[str] = ..., batch_invariance: _Optional[_Union[BatchInvariance, _Mapping]] = ..., prefix_cache: _Optional[_Union[PrefixCache, _Mapping]] = ...) -> None: ...
+
+class PrefixCache(_message.Message):
+    __slots__ = ("capacity_bytes", "held_bytes", "hit_rate", "lookups")
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    capacity_bytes: int
+    held_bytes: int
+    hit_rate: float
+    lookups: int
+    def __init__(self, capacity_bytes: _Optional[int] = ..., held_bytes: _Optional[int] = ..., hit_rate: _Optional[float] = ..., lookups: _Optional[int] = ...) -> None: ...
 
 class BatchInvariance(_message.Message):
     __slots__ = ("holds", "row_quantum", "padding_cost", "note")

@@ -102,6 +102,35 @@ def test_a_shorter_row_moved_over_a_longer_one_leaves_no_stale_mask(models_dir):
     assert mask.sum() == 2 and mask[:2].all()
 
 
+def through_the_pool(runner):
+    """A prompt prefilled in row 0 as [0, 16) + [16, 20); its first 16 positions stored as two
+    prefix-cache blocks (in swapped pool slots) and copied into row 3, which prefills [16, 20)
+    itself: returns both rows' last logits."""
+    prompt = list(range(30, 50))
+    runner.allocate_prefix_pool(8, 10**6)
+    runner.prefill(0, prompt[:16], 0)
+    cold = runner.prefill(0, prompt[16:], 16)
+    runner.store_blocks(0, ((1, 0), (0, 8)))
+    runner.load_blocks(3, (1, 0))
+    return [cold, runner.prefill(3, prompt[16:], 16)]
+
+
+def test_a_prefix_cache_hit_copies_kv_only_on_the_device_and_computes_the_cold_logits(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    runner.allocate_prefix_pool(8, 10**6)
+    runner.prefill(0, list(range(30, 46)), 0)
+    device.traffic.clear()
+    runner.store_blocks(0, ((1, 0), (0, 8)))
+    runner.load_blocks(3, (1, 0))
+    layout = runner.layout
+    kv_bytes = 2 * layout.num_layers * layout.num_kv_heads * 16 * layout.head_dim * 4  # 16 positions
+    assert dict(device.traffic) == {(ON_DEVICE, "prefix_cache"): kv_bytes, (ON_DEVICE, "kv"): kv_bytes,
+                                    (TO_DEVICE, "attention_mask"): 16 * 8}  # the hit row's mask ones
+    cold, hit = through_the_pool(open_runner(models_dir, device=FakeDevice()))
+    assert np.array_equal(cold, hit)
+
+
 def test_cuda_graph_on_without_the_cuda_provider_is_refused_naming_the_setting(models_dir):
     with pytest.raises(PackageError, match=r"cuda_graph = on needs the CUDA execution provider"):
         open_runner(models_dir, cuda_graph="on")
@@ -177,6 +206,7 @@ def test_the_cuda_device_layer_gives_the_cpu_tokens_and_moves_the_same_bytes(mod
         runner.release(2)
         logits = [runner.decode(np.asarray([3, 4]), np.asarray([lengths[2], lengths[1]])).copy()]
         logits.append(runner.prefill(1, [21, 22, 23], int(lengths[1]) + 1))
+        logits += through_the_pool(runner)  # rows 0 and 3 rewritten: block copies between buffers
         results.append((logits, dict(device.traffic)))
     (cuda_logits, cuda_traffic), (cpu_logits, cpu_traffic) = results
     assert all(np.array_equal(a, b) for a, b in zip(cuda_logits, cpu_logits))

@@ -1,6 +1,8 @@
 """The prefix cache's logic with fake runners: hits, partial hits, chunk cuts, eviction, pinning,
 cancellation between a match and its copy, and budget 0 turning it off."""
 
+from pathlib import Path
+
 import pytest
 
 from appliance.engine.engine import GenerationEngine
@@ -59,7 +61,8 @@ def test_a_repeated_prefix_is_copied_and_only_the_rest_prefilled():
         assert tokens_of(collect_many(engine, [job(first)])[0]) == expected_tokens(first, 6)
         runner.prefills.clear()
         second = SYSTEM + [60, 61, 62, 63]  # the same 40-token system prompt, a new question
-        assert tokens_of(collect_many(engine, [job(second)])[0]) == expected_tokens(second, 6)
+        events = collect_many(engine, [job(second)])[0]
+        assert tokens_of(events) == expected_tokens(second, 6) and events[-1].cached_tokens == 40
         # Five blocks copied; the rest prefilled from position 40, cut at the chunk multiple 48.
         assert [(start, size) for _, start, size in runner.prefills] == [(40, 4)]
         stats = engine.prefix_cache_stats()
@@ -202,3 +205,62 @@ def test_a_block_size_that_does_not_divide_the_chunk_is_refused():
         GenerationEngine(PooledFakeRunner(max_batch=4), FakeTokenizer(), [],
                          SchedulerConfig(max_batch=4, prefill_chunk=16, prefix_cache_bytes=1000,
                                          prefix_block_tokens=12))
+
+
+def test_the_config_names_a_block_size_that_does_not_divide_the_chunk_or_is_one_token():
+    from appliance.errors import ConfigError
+    from appliance.server.config import load_config
+
+    with pytest.raises(ConfigError, match=r"engine\.prefix_block_tokens: 48 does not divide prefill_chunk 128"):
+        load_config(None, {"engine": {"prefix_block_tokens": 48}})
+    with pytest.raises(ConfigError, match=r"engine\.prefix_block_tokens"):
+        load_config(None, {"engine": {"prefix_block_tokens": 1}})
+    engine = load_config(None).engine
+    assert (engine.prefix_cache_mb, engine.prefix_block_tokens, engine.prefix_cache_generated) == (256, 32, False)
+
+
+class Served:
+    """What metrics and GetModel read of a served decoder."""
+
+    def __init__(self, name, engine):
+        self.name, self.engine = name, engine
+
+    def entries(self):
+        return [self]
+
+
+def test_metrics_and_get_model_report_the_cache_per_model():
+    from appliance.registry.loading import ModelState, ServedModel
+    from appliance.registry.replicas import ReplicaSet
+    from appliance.server.convert import model_info
+    from appliance.server.metrics import Metrics
+
+    engines = [engine_with_cache(blocks=4)[0] for _ in range(2)]
+    try:
+        collect_many(engines[0], [job(SYSTEM)])
+        collect_many(engines[0], [job(SYSTEM)])  # 32 of 40 tokens hit
+        replicas = ReplicaSet(engines)
+        metrics = Metrics()
+        metrics.watch_replicas(Served("support", replicas))
+        sample = metrics.registry.get_sample_value
+        assert sample("appliance_prefix_cache_capacity_bytes", {"model": "support"}) == 800  # 4 blocks x 2
+        assert sample("appliance_prefix_cache_held_bytes", {"model": "support"}) == 400
+        assert sample("appliance_prefix_cache_lookups_total", {"model": "support"}) == 2
+        assert sample("appliance_prefix_cache_hit_tokens_total", {"model": "support"}) == 32
+        assert sample("appliance_prefix_cache_looked_up_tokens_total", {"model": "support"}) == 80
+        assert sample("appliance_prefix_cache_evictions_total", {"model": "support"}) == 0
+        info = model_info(ServedModel("support", Path("support"), ModelState.READY, engine=replicas)).prefix_cache
+        assert (info.capacity_bytes, info.held_bytes, info.lookups) == (800, 400, 2)
+        assert info.hit_rate == pytest.approx(0.4)
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_openai_usage_reports_the_cached_prompt_tokens():
+    from appliance.engine.request import TokenEvent
+    from appliance.openai_http.replies import usage
+
+    event = TokenEvent((), "", "stop", prompt_tokens=50, completion_tokens=3, cached_tokens=32)
+    assert usage(event) == {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53,
+                            "prompt_tokens_details": {"cached_tokens": 32}}
