@@ -24,7 +24,8 @@ from pathlib import Path
 import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
-from export import auto_precision, builder_backend, optimum_backend, quantize, recipe, tensorrt_backend, validate
+from export import (auto_precision, builder_backend, decoder_sensitivity, optimum_backend, quantize, recipe,
+                    tensorrt_backend, validate)
 from export.graph_info import io_signature, matmul_nbits_nodes
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
@@ -89,7 +90,8 @@ def _quant_options(args) -> QuantOptions:
     return QuantOptions(method=args.quant_method, block_size=args.block_size, accuracy_level=args.accuracy_level,
                         asymmetric=args.asymmetric,
                         calibration_file=Path(args.calibration_file) if args.calibration_file else None,
-                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings)
+                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings,
+                        prefill_accuracy_level=args.prefill_accuracy_level)
 
 
 def export_package(args, phases: Phases) -> dict:
@@ -149,8 +151,9 @@ def _build(args, source: ModelSource, task: str, backend: str, precision: str, q
     try:
         phases.begin("export")
         if backend == "builder":
-            fields = builder_backend.build(source, staging, precision, args.target, quant,
-                                           work / "cache", work / "builder.log", phases)
+            mixed = decoder_sensitivity.wanted(precision, quant)
+            build = decoder_sensitivity.build if mixed else builder_backend.build
+            fields = build(source, staging, precision, args.target, quant, work / "cache", work / "builder.log", phases)
         else:
             fields = optimum_backend.export(source, staging, task, precision, args.target, quant, work, phases)
     finally:
@@ -265,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--accuracy-level", type=int, choices=(1, 2, 3, 4),
                        help=f"MatMulNBits compute precision (default {recipe.DEFAULT_ACCURACY_LEVEL}: int8 "
                             "activations, fastest on CPU)")
+    quant.add_argument("--prefill-accuracy-level", type=int, choices=(1, 2, 3, 4),
+                       help="builder int4: also write a prefill graph at this accuracy level over the same weights "
+                            "and KV layout (1, fp32 activations, prefilled faster on an AVX2-only host); the "
+                            "daemon prefills on it and decodes on the main graph ([runtime] prefill_graph)")
     quant.add_argument("--asymmetric", action="store_true",
                        help="asymmetric (uint, with zero points) quantization; k_quant and hqq always are")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package at --output")
@@ -288,52 +295,46 @@ def _unexpected(exc: Exception) -> str:
     return f"unexpected {exc.__class__.__name__}" + (f": {first}" if first else "")
 
 
-def _inspect_main(argv: list[str]) -> int:
-    from export.inspect_package import describe
-
-    prog = "appliance-export inspect"
+def _package_command(prog: str, argv: list[str], json_help: str, action) -> int:
+    """`verify` and `inspect`: one package path and --json, then `action(package, as_json)` prints
+    its result and returns the exit code. Any failure is one line (and JSON under --json)."""
     parser = _Parser(prog=prog)
     parser.add_argument("package", type=Path)
-    parser.add_argument("--json", action="store_true", help="the manifest's recipe and validation as JSON")
+    parser.add_argument("--json", action="store_true", help=json_help)
     as_json = "--json" in argv
     try:
         args = parser.parse_args(argv)
-        manifest = open_package(args.package)
-    except BadOptions as exc:
-        return _fail(prog, str(exc), EXIT_REFUSED, as_json)
-    except PackageError as exc:
-        return _fail(prog, str(exc), EXIT_FAILED, as_json)
-    if args.json:
-        print(json.dumps({"package": str(args.package), "precision": manifest.precision,
-                          "quantization": manifest.quantization, "validation": manifest.validation}, indent=2))
-    else:
-        print(describe(manifest))
-    return 0
-
-
-def _verify_main(argv: list[str]) -> int:
-    prog = "appliance-export verify"
-    parser = _Parser(prog=prog)
-    parser.add_argument("package", type=Path)
-    parser.add_argument("--json", action="store_true")
-    as_json = "--json" in argv
-    try:
-        args = parser.parse_args(argv)
-        result = verify_package(args.package)
+        return action(args.package, args.json)
     except BadOptions as exc:
         return _fail(prog, str(exc), EXIT_REFUSED, as_json)
     except PackageError as exc:
         return _fail(prog, str(exc), EXIT_FAILED, as_json)
     except Exception as exc:
         return _fail(prog, _unexpected(exc), EXIT_FAILED, as_json)
-    if args.json:
+
+
+def _inspect(package: Path, as_json: bool) -> int:
+    from export.inspect_package import describe
+
+    manifest = open_package(package)
+    # Built whole before printing, so that a failure part way leaves no half-written result.
+    text = (json.dumps({"package": str(package), "precision": manifest.precision,
+                        "quantization": manifest.quantization, "validation": manifest.validation}, indent=2)
+            if as_json else describe(manifest))
+    print(text)
+    return 0
+
+
+def _verify(package: Path, as_json: bool) -> int:
+    result = verify_package(package)
+    if as_json:
         print(json.dumps(result, indent=2))
     elif result["problems"]:
-        print(f"{args.package}: FAILED: " + "; ".join(result["problems"]))
+        print(f"{package}: FAILED: " + "; ".join(result["problems"]))
     elif isinstance(result["validation"], dict) and result["validation"]["kind"] == "skipped":
-        print(f"{args.package}: ok (hashes; validation skipped: {result['validation']['reason']})")
+        print(f"{package}: ok (hashes; validation skipped: {result['validation']['reason']})")
     else:
-        print(f"{args.package}: ok")
+        print(f"{package}: ok")
     return EXIT_FAILED if result["problems"] else 0
 
 
@@ -351,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if argv[:1] == ["verify"]:
-        return _verify_main(argv[1:])
+        return _package_command("appliance-export verify", argv[1:], "the checks' result as JSON", _verify)
     if argv[:1] == ["inspect"]:
-        return _inspect_main(argv[1:])
+        return _package_command("appliance-export inspect", argv[1:],
+                                "the manifest's recipe and validation as JSON", _inspect)
     prog = "appliance-export"
     as_json = "--json" in argv  # known before parsing, so that a usage error is JSON too
     phases = Phases(quiet=True)

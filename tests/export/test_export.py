@@ -258,31 +258,6 @@ def test_json_failures_are_json_too(sources, tmp_path, args, code, message):
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
-def test_verify_json_failures_are_json_too(models_dir, tmp_path):
-    copy = tmp_path / "llama"
-    shutil.copytree(models_dir / "llama", copy)
-    (copy / "tokenizer.json").write_text("{}")
-    done = run_export("verify", str(copy), "--json")
-    assert done.returncode == 1
-    printed = json.loads(done.stdout)
-    assert printed["exit_code"] == 1 and "tokenizer.json" in printed["error"]
-
-
-def test_verify_refuses_a_file_outside_the_package(models_dir, tmp_path):
-    from appliance.model_package import sha256_of
-
-    copy = tmp_path / "llama"
-    shutil.copytree(models_dir / "llama", copy)
-    outside = tmp_path / "elsewhere.onnx"
-    shutil.copy(copy / "model.onnx", outside)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"][str(outside)] = {"sha256": sha256_of(outside), "size": outside.stat().st_size}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    done = run_export("verify", str(copy))
-    assert done.returncode == 1
-    assert done.stderr.strip() == f"appliance-export verify: package llama: file {outside} escapes the package"
-
-
 @pytest.fixture(scope="module")
 def fp16_cuda_package(sources, tmp_path_factory):
     """bert at fp16 for the cuda target, exported under a umask of 077."""
@@ -389,28 +364,6 @@ def test_failed_validation_writes_nothing_unless_forced(sources, tmp_path, monke
     assert list(tmp_path.iterdir()) == [], "a package or staging folder was left behind"
     assert cli.main([str(sources["bert"]), "--output", str(out), "--force"]) == 0
     assert read_manifest(out).validation["passed"] is False
-
-
-def test_verify_rechecks_hashes_and_validation(models_dir, tmp_path):
-    copy = tmp_path / "llama"
-    shutil.copytree(models_dir / "llama", copy)
-    done = run_export("verify", str(copy), "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["validation"]["greedy_prefix_match"] == 32
-    (copy / "tokenizer.json").write_text("{}")
-    done = run_export("verify", str(copy))
-    assert done.returncode == 1 and "tokenizer.json" in done.stderr
-
-
-def test_verify_fails_when_the_source_no_longer_agrees(tmp_path):
-    from export.tiny_models import make_decoder
-
-    source = make_decoder(tmp_path / "src", "llama", seed=3)
-    out = export_or_fail(source, tmp_path / "pkg")
-    shutil.rmtree(source)
-    make_decoder(source, "llama", seed=4)  # same shapes, other weights
-    done = run_export("verify", str(out))
-    assert done.returncode == 1 and "FAILED" in done.stdout
 
 
 def test_manifest_records_source_and_targets(models_dir, sources):
