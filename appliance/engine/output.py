@@ -1,19 +1,25 @@
 """What a sampled token becomes: the request's next TokenEvent, and whether it ends the request.
 
-The output stage owns each request's detokenizer and stop strings and the end rules (end tokens,
-stop strings, max_tokens, the context's end, min_tokens). It never touches a runner or the
-scheduler, so a test drives it with a tokenizer and hand-picked tokens.
+The output stage owns each request's sampler state, detokenizer and stop strings and the end rules
+(end tokens, stop strings, max_tokens, the context's end, min_tokens), and samples a step's rows
+together (batch_sampler.py). It never touches a runner or the scheduler, so a test drives it with a
+tokenizer and hand-picked tokens.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 from tokenizers import Tokenizer
+
+from appliance.engine.batch_sampler import BatchSampler
 
 from appliance.engine.detokenizer import IncrementalDetokenizer
 from appliance.engine.request import FINISH_REASONS, GenerationRequest, RequestStatus, TokenEvent
-from appliance.engine.sampling import Choice, TokenChooser
+from appliance.engine.sampling import Choice, RequestSampler
 from appliance.engine.stop import StopStrings
 
 
@@ -21,9 +27,10 @@ from appliance.engine.stop import StopStrings
 class RequestStream:
     """Per-request output state: sampling, detokenizing, stop strings."""
 
-    chooser: TokenChooser
+    sampler: RequestSampler
     detok: IncrementalDetokenizer
     stops: StopStrings
+    ends: tuple[int, ...]  # the tokens that would end the request, blocked until min_tokens
 
 
 class OutputStage:
@@ -31,19 +38,21 @@ class OutputStage:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.context_length = context_length
+        self.sampler = BatchSampler()
 
     def open(self, request: GenerationRequest) -> None:
-        request.state = RequestStream(TokenChooser(request.params),
-                                      IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
-                                      StopStrings(request.params.stop))
+        params = request.params
+        ends = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        request.state = RequestStream(RequestSampler(params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+                                      StopStrings(params.stop), tuple(sorted(ends)) if params.min_tokens else ())
 
     def blocked(self, request: GenerationRequest) -> tuple[int, ...]:
         """Tokens that would end the request before it has min_tokens."""
-        params = request.params
-        if len(request.output_ids) >= params.min_tokens:
-            return ()
-        ends = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        return tuple(sorted(ends))
+        return request.state.ends if len(request.output_ids) < request.params.min_tokens else ()
+
+    def choose(self, requests: Sequence[GenerationRequest], logits: np.ndarray) -> list[Choice]:
+        """Each request's next token; logits: [n, vocab], row i for requests[i]."""
+        return self.sampler.sample(logits, [r.state.sampler for r in requests], [self.blocked(r) for r in requests])
 
     def accept(self, request: GenerationRequest, choice: Choice) -> TokenEvent:
         """The event for `choice`, already appended to request.output_ids; one with a finish_reason

@@ -1,8 +1,9 @@
-"""Sampling parameters, validated once, and the token chooser they configure.
+"""Sampling parameters, validated once, and the per-request state they configure.
 
-Where a token is sampled: `TokenChooser.choose`. Greedy versus sampling is decided once per
-request (`SamplingParams.greedy`), not per step. Each request owns a seeded numpy Generator, so
-a seeded request draws the same tokens whether it runs alone or batched with others.
+Where tokens are sampled: `BatchSampler.sample` (batch_sampler.py), for a whole step at once.
+Greedy versus sampling is decided once per request (`SamplingParams.greedy`), not per step. Each
+request owns a seeded numpy Generator, so a seeded request draws the same tokens whether it runs
+alone or batched with others.
 """
 
 from __future__ import annotations
@@ -91,76 +92,37 @@ class Choice:
     top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
+class TokenCounts:
+    """How often each generated token occurred, kept as arrays the batch pass gathers as they are:
+    ids[:size] are the distinct tokens (first seen first), counts[:size] their occurrences."""
+
+    def __init__(self):
+        self.ids = np.empty(16, np.int64)
+        self.counts = np.zeros(16, np.float32)
+        self.size = 0
+        self._slot: dict[int, int] = {}
+
+    def add(self, token: int) -> None:
+        slot = self._slot.get(token)
+        if slot is None:
+            if self.size == len(self.ids):  # doubling keeps the per-token cost constant
+                self.ids = np.concatenate([self.ids, np.empty_like(self.ids)])
+                self.counts = np.concatenate([self.counts, np.zeros_like(self.counts)])
+            slot = self._slot[token] = self.size
+            self.ids[slot] = token
+            self.size += 1
+        self.counts[slot] += 1
+
+
 @dataclass
-class TokenChooser:
-    """Picks the next token for one request; keeps what the penalties need."""
+class RequestSampler:
+    """One request's sampling state: its seeded generator and the counts its penalties read.
+    batch_sampler.py draws for every request of a step at once."""
 
     params: SamplingParams
-    _counts: dict[int, int] = field(default_factory=dict)
-    _rng: np.random.Generator = field(init=False)
+    counts: TokenCounts = field(default_factory=TokenCounts)
+    rng: np.random.Generator = field(init=False)
 
     def __post_init__(self):
         seed = self.params.seed or secrets.randbits(63)
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-
-    @property
-    def plain_greedy(self) -> bool:
-        """True when the choice is a bare argmax (vectorisable across rows)."""
-        return self.params.greedy and not self.params.penalised and self.params.logprobs is None
-
-    def choose(self, logits: np.ndarray, blocked: tuple[int, ...] = ()) -> Choice:
-        """logits: [vocab] float32 for this request's next position; blocked: ids it may not pick yet."""
-        params = self.params
-        scores = logits.astype(np.float32, copy=True)
-        if params.penalised and self._counts:
-            self._penalise(scores)
-        if blocked:
-            scores[list(blocked)] = -np.inf
-        if params.greedy:
-            token = int(np.argmax(scores))
-        else:
-            token = self._sample(scores.astype(np.float64) / params.temperature)
-        self._counts[token] = self._counts.get(token, 0) + 1
-        if params.logprobs is None:
-            return Choice(token)
-        return self._with_logprobs(logits, token)
-
-    def _penalise(self, scores: np.ndarray) -> None:
-        params = self.params
-        ids = np.fromiter(self._counts.keys(), np.int64, len(self._counts))
-        counts = np.fromiter(self._counts.values(), np.float32, len(self._counts))
-        seen = scores[ids]
-        if params.repetition_penalty != 1.0:
-            seen = np.where(seen > 0, seen / params.repetition_penalty, seen * params.repetition_penalty)
-        seen = seen - params.presence_penalty - params.frequency_penalty * counts
-        scores[ids] = seen
-
-    def _sample(self, scaled: np.ndarray) -> int:
-        params = self.params
-        if 0 < params.top_k < scaled.shape[0]:
-            kth = np.partition(scaled, -params.top_k)[-params.top_k]
-            scaled = np.where(scaled >= kth, scaled, -np.inf)
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
-        if params.min_p > 0.0:
-            probs = np.where(probs >= params.min_p * probs.max(), probs, 0.0)
-            probs /= probs.sum()
-        if 0.0 < params.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            cumulative = np.cumsum(probs[order])
-            # Keep tokens until the mass reaches top_p, always at least the most likely one.
-            keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
-            kept = np.zeros_like(probs)
-            kept[keep] = probs[keep]
-            probs = kept / kept.sum()
-        return int(self._rng.choice(probs.shape[0], p=probs))
-
-    def _with_logprobs(self, logits: np.ndarray, token: int) -> Choice:
-        shifted = logits.astype(np.float64) - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        top = ()
-        if self.params.logprobs:
-            best = np.argpartition(-logprobs, self.params.logprobs)[: self.params.logprobs]
-            best = best[np.argsort(-logprobs[best], kind="stable")]
-            top = tuple((int(i), float(logprobs[i])) for i in best)
-        return Choice(token, float(logprobs[token]), top)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
