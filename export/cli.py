@@ -24,8 +24,7 @@ from pathlib import Path
 import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
-from export import (auto_precision, builder_backend, decoder_sensitivity, optimum_backend, quantize, recipe,
-                    tensorrt_backend, validate)
+from export import auto_precision, builder_backend, optimum_backend, quantize, recipe, tensorrt_backend, validate
 from export.graph_info import io_signature, matmul_nbits_nodes
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
@@ -90,8 +89,7 @@ def _quant_options(args) -> QuantOptions:
     return QuantOptions(method=args.quant_method, block_size=args.block_size, accuracy_level=args.accuracy_level,
                         asymmetric=args.asymmetric,
                         calibration_file=Path(args.calibration_file) if args.calibration_file else None,
-                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings,
-                        prefill_accuracy_level=args.prefill_accuracy_level)
+                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings)
 
 
 def export_package(args, phases: Phases) -> dict:
@@ -151,9 +149,8 @@ def _build(args, source: ModelSource, task: str, backend: str, precision: str, q
     try:
         phases.begin("export")
         if backend == "builder":
-            mixed = decoder_sensitivity.wanted(precision, quant)
-            build = decoder_sensitivity.build if mixed else builder_backend.build
-            fields = build(source, staging, precision, args.target, quant, work / "cache", work / "builder.log", phases)
+            fields = builder_backend.build(source, staging, precision, args.target, quant,
+                                           work / "cache", work / "builder.log", phases)
         else:
             fields = optimum_backend.export(source, staging, task, precision, args.target, quant, work, phases)
     finally:
@@ -268,10 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--accuracy-level", type=int, choices=(1, 2, 3, 4),
                        help=f"MatMulNBits compute precision (default {recipe.DEFAULT_ACCURACY_LEVEL}: int8 "
                             "activations, fastest on CPU)")
-    quant.add_argument("--prefill-accuracy-level", type=int, choices=(1, 2, 3, 4),
-                       help="builder int4: also write a prefill graph at this accuracy level over the same weights "
-                            "and KV layout (1, fp32 activations, prefilled faster on an AVX2-only host); the "
-                            "daemon prefills on it and decodes on the main graph ([runtime] prefill_graph)")
     quant.add_argument("--asymmetric", action="store_true",
                        help="asymmetric (uint, with zero points) quantization; k_quant and hqq always are")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package at --output")
