@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from appliance.engine.sampling import Choice, RequestSampler
+from appliance.engine.sampling import Choice, RequestSampler, SamplingParams, TokenCounts
 
 # Candidates a top-p row sorts first; a nucleus wider than that sorts NUCLEUS_GROWTH times more.
 NUCLEUS_HEAD = 256
@@ -35,18 +35,26 @@ class BatchSampler:
                blocked: Sequence[tuple[int, ...]]) -> list[Choice]:
         """logits: [n, vocab], row i for samplers[i], never written (it may be the runner's buffer);
         blocked[i]: the ids row i may not pick now. Counts each penalised row's token."""
-        if self._zeros.shape[0] != logits.shape[1]:
-            self._zeros = np.zeros(logits.shape[1])
-        scores = _adjusted(logits, samplers, blocked)
-        tokens = scores.argmax(axis=-1)  # [n]: the greedy rows' tokens
-        for i, sampler in enumerate(samplers):
+        scores = np.asarray(logits, np.float32)
+        tokens = scores.argmax(axis=-1)  # [n]: the greedy rows' tokens where nothing below moves them
+        if all(s.plain_greedy for s in samplers) and not any(blocked):
+            return [Choice(token) for token in tokens.tolist()]
+        if self._zeros.shape[0] != scores.shape[1]:
+            self._zeros = np.zeros(scores.shape[1])
+        rows = list(scores)  # [vocab] each
+        changed, adjusted = _adjusted(scores, samplers, blocked)
+        if changed:
+            tokens[changed] = adjusted.argmax(axis=-1)
+            for i, row in zip(changed, adjusted):
+                rows[i] = row
+        for i, (sampler, row) in enumerate(zip(samplers, rows)):
             if not sampler.params.greedy:
-                tokens[i] = self._draw(scores[i], sampler)
+                tokens[i] = self._draw(row, sampler)
         tokens = tokens.tolist()
         for sampler, token in zip(samplers, tokens):
             if sampler.params.penalised:
                 sampler.counts.add(token)
-        return _choices(logits, samplers, tokens)
+        return _choices(scores, samplers, tokens)
 
     def _draw(self, row: np.ndarray, sampler: RequestSampler) -> int:
         """row: [vocab] float32 scores; temperature, top-k, min-p and top-p, then the row's generator."""
@@ -84,32 +92,34 @@ class BatchSampler:
         return total
 
 
-def _adjusted(logits: np.ndarray, samplers: Sequence[RequestSampler],
-              blocked: Sequence[tuple[int, ...]]) -> np.ndarray:
-    """[n, vocab] float32: the logits with penalties and blocked tokens applied (a copy, made only
-    when some row has either)."""
+def _adjusted(scores: np.ndarray, samplers: Sequence[RequestSampler],
+              blocked: Sequence[tuple[int, ...]]) -> tuple[list[int], Optional[np.ndarray]]:
+    """The rows that penalties or blocked tokens change, and those rows changed: [len, vocab]
+    float32, a copy (the other rows are read where they are)."""
     penalised = [i for i, s in enumerate(samplers) if s.params.penalised and s.counts.size]
     blocking = [i for i, ids in enumerate(blocked) if ids]
-    if not penalised and not blocking:
-        return np.asarray(logits, np.float32)
-    scores = np.array(logits, np.float32)
+    changed = sorted({*penalised, *blocking})
+    if not changed:
+        return changed, None
+    adjusted = scores[changed]
+    local = {row: j for j, row in enumerate(changed)}
     if penalised:
-        _penalise(scores, penalised, samplers)
+        _penalise(adjusted, [local[i] for i in penalised], [samplers[i].params for i in penalised],
+                  [samplers[i].counts for i in penalised])
     if blocking:
-        rows = np.repeat(blocking, [len(blocked[i]) for i in blocking])
+        rows = np.repeat([local[i] for i in blocking], [len(blocked[i]) for i in blocking])
         cols = np.fromiter(itertools.chain.from_iterable(blocked[i] for i in blocking), np.int64)
-        scores[rows, cols] = -np.inf
-    return scores
+        adjusted[rows, cols] = -np.inf
+    return changed, adjusted
 
 
-def _penalise(scores: np.ndarray, rows: list[int], samplers: Sequence[RequestSampler]) -> None:
+def _penalise(scores: np.ndarray, rows: list[int], params: list[SamplingParams], counts: list[TokenCounts]) -> None:
     """The repetition penalty (CTRL), then presence and frequency, on every row's seen tokens at
     once: [m] flat (row, token) pairs, float32 as the per-row sampler computed them."""
-    counts = [samplers[i].counts for i in rows]
     sizes = [c.size for c in counts]
 
     def per_token(name: str) -> np.ndarray:
-        return np.repeat(np.array([getattr(samplers[i].params, name) for i in rows], np.float32), sizes)
+        return np.repeat(np.array([getattr(p, name) for p in params], np.float32), sizes)
 
     at = np.repeat(rows, sizes), np.concatenate([c.ids[:c.size] for c in counts])
     occurrences = np.concatenate([c.counts[:c.size] for c in counts])

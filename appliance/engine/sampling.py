@@ -123,6 +123,9 @@ class RequestSampler:
     counts: TokenCounts = field(default_factory=TokenCounts)
     rng: np.random.Generator = field(init=False)
 
+    plain_greedy: bool = field(init=False)  # a bare argmax: no penalties, no logprobs
+
     def __post_init__(self):
         seed = self.params.seed or secrets.randbits(63)
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.plain_greedy = self.params.greedy and not self.params.penalised and self.params.logprobs is None
