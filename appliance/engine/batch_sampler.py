@@ -66,8 +66,9 @@ class BatchSampler:
             kth = np.partition(row, -params.top_k)[-params.top_k]
             ids = np.flatnonzero(row >= kth)
             row = row[ids]
-        scaled = row.astype(np.float64) / params.temperature
-        probs = np.exp(scaled - scaled.max())
+        scaled = np.divide(row, params.temperature, dtype=np.float64)
+        scaled -= scaled.max()
+        probs = np.exp(scaled, out=scaled)
         probs /= self._padded_sum(probs, ids)
         if params.min_p > 0.0:
             ids, probs = self._kept(np.flatnonzero(probs >= params.min_p * probs.max()), ids, probs)
