@@ -16,7 +16,6 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from appliance.engine.batch_sampler import BatchSampler
-
 from appliance.engine.detokenizer import IncrementalDetokenizer
 from appliance.engine.request import FINISH_REASONS, GenerationRequest, RequestStatus, TokenEvent
 from appliance.engine.sampling import Choice, RequestSampler
@@ -43,7 +42,8 @@ class OutputStage:
     def open(self, request: GenerationRequest) -> None:
         params = request.params
         ends = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        request.state = RequestStream(RequestSampler(params), IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
+        request.state = RequestStream(RequestSampler(params),
+                                      IncrementalDetokenizer(self.tokenizer, request.prompt_ids),
                                       StopStrings(params.stop), tuple(sorted(ends)) if params.min_tokens else ())
 
     def blocked(self, request: GenerationRequest) -> tuple[int, ...]:

@@ -122,7 +122,6 @@ class RequestSampler:
     params: SamplingParams
     counts: TokenCounts = field(default_factory=TokenCounts)
     rng: np.random.Generator = field(init=False)
-
     plain_greedy: bool = field(init=False)  # a bare argmax: no penalties, no logprobs
 
     def __post_init__(self):
