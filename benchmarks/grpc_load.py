@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from daemons import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 LEVELS = (1, 4, 8, 16, 32)
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from daemons import open_engine, serve_alone  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PROMPT = "The appliance answers questions about orders and refunds in plain words:"
 

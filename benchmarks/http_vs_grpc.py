@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from grpc_load import drive, pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from serving import free_port, serve_alone  # noqa: E402
+from daemons import free_port, serve_alone  # noqa: E402
 
 LEVELS = (1, 8)
 DOORS = ("gRPC", "HTTP (openai SDK)", "HTTP (raw SSE)")

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from grpc_load import drive, pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from serving import REPO, free_port, serve_alone  # noqa: E402
+from daemons import REPO, free_port, serve_alone  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from tests.deploy.proxies import Proxy  # noqa: E402  (the tests start the proxies the same way)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from grpc_load import drive, pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from serving import serve_alone  # noqa: E402
+from daemons import serve_alone  # noqa: E402
 
 LEVELS = (1, 4, 8, 16)
 LAYOUTS = {"1 engine x 2 threads": (1, 2), "2 replicas x 1 thread": (2, 1)}

@@ -14,8 +14,8 @@ import concurrent.futures
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for serving.py
-from serving import serve_alone  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for daemons.py
+from daemons import serve_alone  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:

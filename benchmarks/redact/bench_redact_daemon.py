@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import serve_alone  # noqa: E402
+from benchmarks.daemons import serve_alone  # noqa: E402
 
 NAMES_SET = REPO / "tests/appliance/redact/data/names_set.jsonl"
 PROMPT_TOKENS = 1000

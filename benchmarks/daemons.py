@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -23,10 +24,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_alone(package: Path, config_toml: str = "", threads: int = 2,
-                ready_timeout_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_alone(package: Path, config_toml: str = "", threads: int = 2, ready_timeout_s: float = 300,
+                log: Optional[Path] = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`appliance serve` with only `package` in its models folder (neighbours would load too and
-    count against its memory and cores); yields (target, process) once health says SERVING."""
+    count against its memory and cores); yields (target, process) once health says SERVING. Its
+    output goes to `log` (else nowhere); a daemon that exits before SERVING fails at once."""
     from appliance.client import ApplianceClient
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,16 +38,29 @@ def serve_alone(package: Path, config_toml: str = "", threads: int = 2,
         config = Path(tmp) / "appliance.toml"
         config.write_text(config_toml)
         target = f"127.0.0.1:{free_port()}"
+        output = log.open("w") if log else subprocess.DEVNULL
         daemon = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config),
                                    "--models", str(models), "--listen", target, "--threads", str(threads)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=output, stderr=subprocess.STDOUT)
         try:
+            deadline = time.monotonic() + ready_timeout_s
             with ApplianceClient(target) as client:
-                client.wait_until_serving(ready_timeout_s)
+                while True:
+                    if daemon.poll() is not None:
+                        raise RuntimeError(f"the daemon exited ({daemon.returncode}) before SERVING"
+                                           + (f"; see {log}" if log else ""))
+                    try:
+                        client.wait_until_serving(min(2.0, max(deadline - time.monotonic(), 0.0)))
+                        break
+                    except TimeoutError:
+                        if time.monotonic() >= deadline:
+                            raise
             yield target, daemon
         finally:
             daemon.terminate()
             daemon.wait(60)
+            if log:
+                output.close()
 
 
 def open_engine(package: Path, threads: int, scheduling=None, max_context: int = 0):
