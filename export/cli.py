@@ -24,7 +24,8 @@ from pathlib import Path
 import appliance
 from appliance.errors import PackageError
 from appliance.model_package import SCHEMA_VERSION, Manifest, Target, open_package, record_files, write_manifest
-from export import auto_precision, builder_backend, optimum_backend, quantize, recipe, tensorrt_backend, validate
+from export import (auto_precision, builder_backend, decoder_sensitivity, optimum_backend, quantize, recipe,
+                    tensorrt_backend, validate)
 from export.graph_info import io_signature, matmul_nbits_nodes
 from export.package_writer import check_destination, copy_tokenizer, publish, staging_folder
 from export.progress import Phases
@@ -149,8 +150,9 @@ def _build(args, source: ModelSource, task: str, backend: str, precision: str, q
     try:
         phases.begin("export")
         if backend == "builder":
-            fields = builder_backend.build(source, staging, precision, args.target, quant,
-                                           work / "cache", work / "builder.log", phases)
+            mixed = decoder_sensitivity.wanted(precision, quant)
+            build = decoder_sensitivity.build if mixed else builder_backend.build
+            fields = build(source, staging, precision, args.target, quant, work / "cache", work / "builder.log", phases)
         else:
             fields = optimum_backend.export(source, staging, task, precision, args.target, quant, work, phases)
     finally:

@@ -7,7 +7,7 @@ from collections import Counter
 
 from appliance.model_package import Manifest
 
-SKIPPED_KEYS = ("sensitivity", "nodes", "mixed_precision", "auto")
+SKIPPED_KEYS = ("sensitivity", "nodes", "groups", "mixed_precision", "auto")
 
 
 def describe(manifest: Manifest) -> str:
@@ -22,10 +22,13 @@ def describe(manifest: Manifest) -> str:
                   + ("passed" if row["passed"] else "refused: " + "; ".join(row["problems"])) for row in q["auto"]["tried"]]
     if "mixed_precision" in q:
         mixed = q["mixed_precision"]
-        lines.append(f"mixed precision: {mixed['rule']}, {mixed['kept']} MatMuls kept at {mixed['kept_precision']}")
+        unit = "MatMul groups" if "groups" in q else "MatMuls"
+        lines.append(f"mixed precision: {mixed['rule']}, {mixed['kept']} {unit} kept at {mixed['kept_precision']}")
         lines += [f"  tried {row['kept']:3} kept: cosine mean {row['cosine_mean']:.5f}, min {row['cosine_min']:.5f}"
                   for row in mixed["tried"]]
-    if "sensitivity" in q:
+    if "groups" in q.get("sensitivity", {}):
+        lines += _group_table(q["sensitivity"], q["groups"])
+    elif "sensitivity" in q:
         table = q["sensitivity"]
         precision = q.get("nodes", {})
         lines.append(f"sensitivity ({table['measure']}), most sensitive first:")
@@ -36,6 +39,15 @@ def describe(manifest: Manifest) -> str:
         counts = Counter(q["nodes"].values())
         lines.append("nodes: " + ", ".join(f"{count} at {p}" for p, count in sorted(counts.items())))
     return "\n".join(lines)
+
+
+def _group_table(table: dict, precision: dict) -> list[str]:
+    """A decoder's table: one row per MatMul group, with the decoder's validation figures."""
+    lines = [f"sensitivity ({table['measure']}), most sensitive first:",
+             f"  {'cosine mean':>11} {'cosine min':>10} {'top-5':>6} {'KL':>8}  {'precision':9} group"]
+    lines += [f"  {row['logits_cosine_mean']:11.6f} {row['logits_cosine_min']:10.6f} {row['top5_overlap']:6.3f} "
+              f"{row['kl_mean']:8.5f}  {precision.get(row['group'], '?'):9} {row['group']}" for row in table["groups"]]
+    return lines
 
 
 def _number(value) -> str:

@@ -106,15 +106,16 @@ def _weight_only_package(fp32_path: Path, out_path: Path, bits: int, recipe: Qua
     if recipe.method in MIXABLE and not external:
         # Measured on the built-in texts against the fp32 graph, whatever calibrates.
         scorer = sensitivity.Scorer(fp32, _feeds(fp32_path, tokenizer_path, recipe, calibrating=False))
-        table = sensitivity.measure(scorer, nodes, lambda node: _weight_only(
+        table = sensitivity.measure(scorer, nodes, lambda node: weight_only(
             copy.deepcopy(fp32), bits, recipe, [n for n in nodes if n != node], None))
-        rule, kept, tried = sensitivity.choose(table, recipe.keep_sensitive, _min_cosine(recipe, bits), scorer,
-                                               lambda keep: _mixed(fp32, bits, recipe, keep))
+        rule, kept, tried = sensitivity.choose([row["node"] for row in table], recipe.keep_sensitive,
+                                               _min_cosine(recipe, bits),
+                                               lambda keep: scorer(mixed(fp32, bits, recipe, keep)))
         record["sensitivity"] = {"measure": scorer.description, "nodes": table}
-        record["mixed_precision"] = {"rule": rule, "kept_precision": _kept_precision(bits), "kept": len(kept),
+        record["mixed_precision"] = {"rule": rule, "kept_precision": kept_precision(bits), "kept": len(kept),
                                      "tried": tried}
-    model = _mixed(fp32, bits, recipe, kept, reader)
-    record["nodes"] = {name: (_kept_precision(bits) if name in kept else f"int{bits}") for name in nodes}
+    model = mixed(fp32, bits, recipe, kept, reader)
+    record["nodes"] = {name: (kept_precision(bits) if name in kept else f"int{bits}") for name in nodes}
     onnx.save(model, str(out_path), save_as_external_data=external,
               location=out_path.name + ".data" if external else None)
     return record
@@ -126,21 +127,21 @@ def _min_cosine(recipe: QuantRecipe, bits: int) -> Optional[float]:
     return DEFAULT_MIN_COSINE if bits == 4 else None
 
 
-def _kept_precision(bits: int) -> str:
+def kept_precision(bits: int) -> str:
     """Where a MatMul is kept from the requested precision: int4 keeps it at int8, int8 at fp32."""
     return "int8" if bits == 4 else "fp32"
 
 
-def _mixed(fp32_model, bits: int, recipe: QuantRecipe, kept: list[str], reader=None):
+def mixed(fp32_model, bits: int, recipe: QuantRecipe, kept: list[str], reader=None):
     """fp32_model (not modified) with every MatMul at `bits` but `kept`, which go one step up."""
-    model = _weight_only(copy.deepcopy(fp32_model), bits, recipe, kept, reader)
+    model = weight_only(copy.deepcopy(fp32_model), bits, recipe, kept, reader)
     if kept and bits == 4:
         # What the first pass left are exactly the kept MatMuls (it takes every constant weight).
-        model = _weight_only(model, 8, replace(recipe, method="rtn"), [], None)
+        model = weight_only(model, 8, replace(recipe, method="rtn"), [], None)
     return model
 
 
-def _weight_only(model, bits: int, recipe: QuantRecipe, exclude: list[str], reader):
+def weight_only(model, bits: int, recipe: QuantRecipe, exclude: list[str], reader):
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     # It logs a line for every node it skips: thousands per pass, and the sensitivity pass makes dozens.

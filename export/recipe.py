@@ -8,8 +8,9 @@ accuracy_level and zero points), with onnxruntime 1.32 and onnxruntime-genai 0.1
 - builder int4: rtn and k_quant take the block size and accuracy level; rtn takes --asymmetric,
   k_quant writes zero points (asymmetric) whatever is asked.
 - builder int8: rtn only; with any other method genai 0.15.2 writes 4-bit weights. The builder
-  quantizes in its own process, so it has no sensitivity pass (no mixed precision); it shares
-  tied embeddings with the LM head by itself (its shared_embeddings option follows the config).
+  shares tied embeddings with the LM head by itself (its shared_embeddings option follows the
+  config). Its int4 and int8 take the sensitivity pass's mixed precision, measured on an fp32
+  build of the same graph (export/decoder_sensitivity.py).
 - optimum int4 (onnxruntime's MatMulNBitsQuantizer): rtn and gptq take all three settings (gptq
   also a calibration file, which it needs); k_quant and hqq always write zero points; hqq writes
   no accuracy level, so quantize.py sets it on the nodes afterwards. All but gptq (which ignores
@@ -53,9 +54,8 @@ class Method:
 
 # (backend, precision) -> the methods it implements there.
 METHODS = {
-    ("builder", "int4"): {"rtn": Method(mixable=False, embeddings=False),
-                          "k_quant": Method(symmetric=False, mixable=False, embeddings=False)},
-    ("builder", "int8"): {"rtn": Method(mixable=False, embeddings=False)},
+    ("builder", "int4"): {"rtn": Method(embeddings=False), "k_quant": Method(symmetric=False, embeddings=False)},
+    ("builder", "int8"): {"rtn": Method(embeddings=False)},
     ("optimum", "int4"): {"rtn": Method(), "k_quant": Method(symmetric=False), "hqq": Method(symmetric=False),
                           "gptq": Method(calibration="required", mixable=False)},
     ("optimum", "int8"): {"rtn": Method(), "dynamic": Method(blocks=False, mixable=False),
@@ -132,7 +132,7 @@ def resolve(backend: str, precision: str, options: QuantOptions) -> QuantRecipe:
 
 
 def _why(needs: str, backend: str) -> str:
-    if backend == "builder" and needs in ("mixable", "embeddings"):
-        return " (the builder quantizes in its own process: no sensitivity pass, and it shares tied embeddings itself)"
+    if backend == "builder" and needs == "embeddings":
+        return " (the builder shares tied embeddings itself)"
     return {"calibration": " (gptq and static calibrate)", "mixable": " (rtn, k_quant and hqq mix precisions)",
             "blocks": " (it writes no MatMulNBits blocks)"}.get(needs, "")

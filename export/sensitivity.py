@@ -80,11 +80,12 @@ def measure(scorer: Scorer, nodes: list[str], quantize_only: Callable[[str], obj
     return sorted(rows, key=lambda row: (row["cosine_mean"], row["cosine_min"]))
 
 
-def choose(table: list[dict], keep: Optional[int], min_cosine: Optional[float], scorer: Scorer,
-           build: Callable[[list[str]], object]) -> tuple[str, list[str], list[dict]]:
-    """(rule, kept nodes, what was tried): the `keep` most sensitive, or the fewest most sensitive
-    that bring the whole graph to `min_cosine` (all of them when none do)."""
-    ranked = [row["node"] for row in table]
+def choose(ranked: list[str], keep: Optional[int], min_cosine: Optional[float],
+           score: Callable[[list[str]], tuple[float, float]]) -> tuple[str, list[str], list[dict]]:
+    """(rule, kept, what was tried) over `ranked` (most sensitive first; MatMuls or groups of them):
+    the `keep` most sensitive, or the fewest most sensitive that bring the whole graph to
+    `min_cosine` (all of them when none do). score(kept) is the whole graph's (mean, min) with
+    `kept` one step up."""
     if keep is not None:
         return f"keep_sensitive={keep}", ranked[:keep], []
     if min_cosine is None:
@@ -93,7 +94,7 @@ def choose(table: list[dict], keep: Optional[int], min_cosine: Optional[float], 
 
     def reaches(count: int) -> bool:
         if count not in tried:
-            tried[count] = scorer(build(ranked[:count]))
+            tried[count] = score(ranked[:count])
         return tried[count][0] >= min_cosine
 
     # Keeping more nodes only brings the graph closer to fp32, so the fewest that reach the

@@ -134,8 +134,8 @@ def test_the_other_int8_recipes_stay_selectable(sources, tmp_path, method, recor
 
 
 @pytest.mark.parametrize("name,args,message", [
-    ("llama", ["--precision", "int4", "--keep-sensitive", "2"],
-     "--keep-sensitive is not used by --quant-method rtn on the builder backend"),
+    ("llama", ["--precision", "int4", "--embeddings", "int8"],
+     "--embeddings is not used by --quant-method rtn on the builder backend"),
     ("bert", ["--precision", "int4", "--quant-method", "gptq", "--calibration-file", "CALIBRATION",
               "--min-cosine", "0.99"], "--min-cosine is not used by --quant-method gptq"),
     ("bert", ["--precision", "int4", "--keep-sensitive", "2", "--min-cosine", "0.99"],
