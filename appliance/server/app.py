@@ -119,7 +119,10 @@ class Daemon:
                                  config.runtime.cuda_graph)
         engine = config.engine
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
-                                     prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue)
+                                     prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue,
+                                     prefix_cache_bytes=engine.prefix_cache_mb * 2**20,
+                                     prefix_block_tokens=engine.prefix_block_tokens,
+                                     cache_generated=engine.prefix_cache_generated)
         self.registry = ModelRegistry(config.server.models, runtime, scheduling, engine.max_context,
                                       engine.encoder_batch_tokens, engine.batch_invariance, engine.replicas,
                                       devices=config.runtime.devices)

@@ -116,6 +116,24 @@ class EngineConfig(_Section):
     # a request goes to the one with the most free rows. With [runtime] intra_op_threads 0 they
     # split this process's cores between them (README, "Running at larger scale", has the measurement).
     replicas: int = Field(1, ge=1, le=64)
+    # Device memory per decoder, split between its replicas, for KV of prompt prefixes seen before
+    # (a shared system prompt, a chat's history); allocated whole at load. 0 turns the cache off.
+    prefix_cache_mb: int = Field(256, ge=0)
+    # Tokens per cached block: prefixes match in whole blocks. Must divide prefill_chunk (a hit
+    # then prefills in the cold prompt's own chunks) and be at least 2 (a chunk of one token
+    # rounds differently from longer ones).
+    prefix_block_tokens: int = Field(32, ge=2)
+    # Also cache a finished request's generated tokens, so a chat's next turn reuses its whole
+    # history. Decode computed their KV one token at a time, unlike a prompt's prefill, so a hit on
+    # them can change tokens; off, hits never do.
+    prefix_cache_generated: bool = False
+
+    @model_validator(mode="after")
+    def _blocks_fit_chunks(self):
+        if self.prefill_chunk % self.prefix_block_tokens:
+            raise ValueError(f"prefix_block_tokens: {self.prefix_block_tokens} does not divide "
+                             f"prefill_chunk {self.prefill_chunk}")
+        return self
 
 
 # Literal[tuple] is Literal[each name]: the names are appliance.redact.policies'.
