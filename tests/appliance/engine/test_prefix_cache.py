@@ -264,3 +264,16 @@ def test_openai_usage_reports_the_cached_prompt_tokens():
     event = TokenEvent((), "", "stop", prompt_tokens=50, completion_tokens=3, cached_tokens=32)
     assert usage(event) == {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53,
                             "prompt_tokens_details": {"cached_tokens": 32}}
+
+
+def test_a_runner_without_a_pool_serves_with_the_cache_off(caplog):
+    caplog.set_level("INFO")
+    engine = GenerationEngine(FakeRunner(max_batch=4), FakeTokenizer(), [],
+                              SchedulerConfig(max_batch=4, prefill_chunk=16, prefix_cache_bytes=1000,
+                                              prefix_block_tokens=BLOCK))
+    try:
+        assert tokens_of(collect_many(engine, [job(SYSTEM)])[0]) == expected_tokens(SYSTEM, 6)
+        assert engine.prefix_cache is None and engine.prefix_cache_stats().capacity_bytes == 0
+        assert "keeps no prefix cache" in caplog.text
+    finally:
+        engine.close()

@@ -1,0 +1,87 @@
+"""Cache hits never change tokens, on real tiny packages: greedy and seeded requests behind a shared
+prefix give the same token ids and logprobs with the prefix cache as without it, alone and
+batched, on an fp32 and an int4 package. And the packages' chat templates render turn N's prompt
+as a token prefix of turn N+1's, so a conversation's history hits."""
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from appliance.engine.chat import ChatMessage, ChatTemplate
+from appliance.engine.engine import GenerationEngine
+from appliance.engine.providers import RuntimeOptions
+from appliance.engine.runners import open_decoder_runner
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.scheduler import SchedulerConfig
+from appliance.model_package import open_package
+from tests.appliance.engine.streams import collect_many
+from tests.conftest import export_or_fail
+
+CHUNK, BLOCK = 32, 8
+
+
+@pytest.fixture(scope="module")
+def int4_package(sources, tmp_path_factory):
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("int4") / "llama-int4", "--precision", "int4")
+
+
+def engine_for(path, prefix_cache_bytes):
+    manifest = open_package(path)
+    runner = open_decoder_runner(path, manifest, RuntimeOptions(intra_op_threads=1), max_batch=4)
+    config = SchedulerConfig(max_batch=4, max_step_tokens=2 * CHUNK, prefill_chunk=CHUNK,
+                             prefix_cache_bytes=prefix_cache_bytes, prefix_block_tokens=BLOCK)
+    return GenerationEngine(runner, Tokenizer.from_file(str(path / "tokenizer.json")), manifest.eos_token_ids, config)
+
+
+def jobs_behind_a_shared_prefix(vocab):
+    rng = np.random.default_rng(7)
+    shared = [int(t) for t in rng.integers(10, vocab - 10, 70)]
+    # Rests after the shared 70 tokens: a hit of 64 leaves 1 + rest; lengths 65 (= 64 + 1, a lone
+    # token the cold prompt also ends in) and 57 (56 + 1, where a block is given back) included.
+    tails = [[int(t) for t in rng.integers(10, vocab - 10, n)] for n in (5, 1, 30)]
+    prompts = [shared + tail for tail in tails] + [shared[:65], shared[:57]]
+    return [(p, SamplingParams(max_tokens=8, temperature=0.0 if i % 2 else 0.9, seed=40 + i, ignore_eos=True,
+                               logprobs=0))
+            for i, p in enumerate(prompts)]
+
+
+def outputs(events):
+    return [t for e in events for t in e.token_ids], [lp[0] for e in events for lp in e.logprobs]
+
+
+@pytest.mark.parametrize("package", ["fp32", "int4"])
+def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, models_dir, request):
+    path = models_dir / "llama" if package == "fp32" else request.getfixturevalue("int4_package")
+    jobs = jobs_behind_a_shared_prefix(open_package(path).vocab_size)
+    cold = engine_for(path, 0)
+    try:
+        expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
+    finally:
+        cold.close()
+    cached = engine_for(path, 10**7)
+    try:
+        collect_many(cached, [jobs[0]])  # the shared prefix enters the cache
+        alone = [outputs(collect_many(cached, [job])[0]) for job in jobs]
+        batched = [outputs(events) for events in collect_many(cached, jobs)]
+        stats = cached.prefix_cache_stats()
+    finally:
+        cached.close()
+    assert alone == expected and batched == expected
+    assert stats.hit_tokens >= len(jobs) * 48  # every lookup after the first hit most of its prefix
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_chat_templates_render_each_turn_as_a_token_prefix_of_the_next(model, models_dir):
+    path = models_dir / model
+    manifest = open_package(path)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    template = ChatTemplate(manifest.chat_template, tokenizer.id_to_token(manifest.bos_token_id or 0) or "",
+                            tokenizer.id_to_token(manifest.eos_token_ids[0]) or "")
+    history = [ChatMessage("system", "You answer questions about parcels. Be brief."),
+               ChatMessage("user", "Where is my order 4417?")]
+    replies = ["It left the depot today.", "您的包裹明天到达。"]
+    for reply, question in zip(replies, ["Can it go to my office instead?", "谢谢!"]):
+        before = tokenizer.encode(template.render(history)).ids
+        history += [ChatMessage("assistant", reply), ChatMessage("user", question)]
+        after = tokenizer.encode(template.render(history)).ids
+        assert after[: len(before)] == before
