@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 _ROOT = b""  # the key before a prompt's first block
 
 
-@dataclass
+@dataclass(eq=False)  # blocks are compared by identity
 class Block:
     slot: int  # where in the runner's pool its KV lies
     key: bytes
@@ -44,12 +44,7 @@ class PrefixCacheStats:
         return self.hit_tokens / self.looked_up_tokens if self.looked_up_tokens else 0.0
 
     def __add__(self, other: "PrefixCacheStats") -> "PrefixCacheStats":
-        return PrefixCacheStats(*(a + b for a, b in zip(_fields(self), _fields(other))))
-
-
-def _fields(stats: PrefixCacheStats) -> tuple[int, ...]:
-    return (stats.capacity_bytes, stats.held_bytes, stats.lookups, stats.looked_up_tokens, stats.hit_tokens,
-            stats.evictions)
+        return PrefixCacheStats(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 def block_key(parent: bytes, tokens: Sequence[int]) -> bytes:
