@@ -22,7 +22,7 @@ import numpy as np
 
 from appliance.engine.sampling import Choice, RequestSampler, SamplingParams, TokenCounts
 
-# Candidates a top-p row sorts first; a nucleus wider than that sorts NUCLEUS_GROWTH times more.
+# Candidates a top-p row sorts first; a nucleus wider than that sorts at least NUCLEUS_GROWTH times more.
 NUCLEUS_HEAD = 256
 NUCLEUS_GROWTH = 8
 
@@ -143,10 +143,15 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
             floor = np.partition(probs, size - head)[size - head]
             start = np.flatnonzero(probs >= floor)
             order = start[np.argsort(-probs[start], kind="stable")]
-        cut = int(np.searchsorted(np.cumsum(probs[order]), top_p))
+        cumulative = np.cumsum(probs[order])
+        cut = int(np.searchsorted(cumulative, top_p))
         if cut < order.shape[0] or order.shape[0] == size:
             return np.sort(order[: cut + 1])
-        head *= NUCLEUS_GROWTH
+        # No token outside the head is likelier than its last, so the nucleus needs at least
+        # (top_p - head's mass) / that probability more; past half the vocabulary, sort it all.
+        needed = order.shape[0] + int((top_p - cumulative[-1]) / probs[order[-1]]) + 1
+        head = max(head * NUCLEUS_GROWTH, needed)
+        head = size if 2 * head >= size else head
 
 
 def _choices(logits: np.ndarray, samplers: Sequence[RequestSampler], tokens: list[int]) -> list[Choice]:
