@@ -70,11 +70,12 @@ class DecoderScorer:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        inputs = {i.name: i for i in session.get_inputs()}
+        inputs = {i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         layout = self.layout
         pairs = [(past % layer, present % layer) for layer in range(layout.num_layers)
-                 for past, present in ((layout.past_key, layout.present_key), (layout.past_value, layout.present_value))]
+                 for past, present in ((layout.past_key, layout.present_key),
+                                       (layout.past_value, layout.present_value))]
         empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), np.float32)  # CPU graphs: fp32 KV
         kv = {past: empty for past, _ in pairs}
         tokens, cached, rows = list(self.prompt), 0, []
@@ -146,6 +147,18 @@ def measure(scorer: DecoderScorer, candidates: Candidates, phases) -> tuple[dict
     return groups, table
 
 
+def choose(scorer: DecoderScorer, candidates: Candidates, groups: dict[str, list[str]], table: list[dict],
+           recipe: QuantRecipe) -> tuple[str, list[str], list[dict]]:
+    """(rule, kept groups, what was tried): sensitivity.choose over the table's groups, a trial
+    scoring the whole graph with the kept groups one step up."""
+
+    def score(kept_groups: list[str]) -> tuple[float, float]:
+        figures = scorer(candidates.mixed([n for group in kept_groups for n in groups[group]]))
+        return figures["logits_cosine_mean"], figures["logits_cosine_min"]
+
+    return sensitivity.choose([row["group"] for row in table], recipe.keep_sensitive, recipe.min_cosine, score)
+
+
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
           cache_dir: Path, log_path: Path, phases) -> dict:
     """builder_backend.build with the sensitivity pass and mixed precision; the same fields, with
@@ -161,13 +174,7 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     scorer = DecoderScorer(fp32_dir, fp32["model_file"], fp32["kv_layout"], fp32["context_length"])
     candidates = Candidates(fp32_dir, fp32["model_file"], bits, recipe)
     groups, table = measure(scorer, candidates, phases)
-
-    def score(kept_groups: list[str]) -> tuple[float, float]:
-        figures = scorer(candidates.mixed([n for group in kept_groups for n in groups[group]]))
-        return figures["logits_cosine_mean"], figures["logits_cosine_min"]
-
-    rule, kept, tried = sensitivity.choose([row["group"] for row in table], recipe.keep_sensitive,
-                                           recipe.min_cosine, score)
+    rule, kept, tried = choose(scorer, candidates, groups, table, recipe)
     kept_nodes = [node for group in kept for node in groups[group]]
     phases.begin("quantize")
     fields = builder_backend.build(source, staging, precision, target, recipe, cache_dir, log_path, phases,

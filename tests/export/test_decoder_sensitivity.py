@@ -33,20 +33,28 @@ def mixed_llama(sources, tmp_path_factory):
     return export_or_fail(sources["llama"], out, "--precision", "int4", "--keep-sensitive", "2")
 
 
-def test_the_fp32_graph_scores_itself_perfectly_and_every_group_of_qwen2_is_ranked(models_dir, tmp_path):
-    from export.decoder_sensitivity import Candidates, measure
+def test_the_fp32_graph_scores_itself_perfectly_and_qwen2s_groups_are_ranked_and_chosen(models_dir, tmp_path):
+    from export.decoder_sensitivity import Candidates, choose, measure
 
     folder, manifest, scorer = _fp32_copy(models_dir, "qwen2", tmp_path)
     # Teacher forcing along its own greedy path gives the graph's free-running logits back: the
     # KV fed from step to step is the one the graph wrote.
     itself = scorer(folder / manifest.model_file)
     assert itself["logits_cosine_min"] == pytest.approx(1.0, abs=1e-9) and itself["top5_overlap"] == 1.0
-    groups, table = measure(scorer, Candidates(folder, manifest.model_file, 4, QuantRecipe()), _Quiet())
+    candidates = Candidates(folder, manifest.model_file, 4, QuantRecipe())
+    groups, table = measure(scorer, candidates, _Quiet())
     layers = manifest.kv_layout.num_layers
     assert list(groups) == [f"/model/layers.{i}" for i in range(layers)] + ["/lm_head/MatMul"]
     assert sorted(row["group"] for row in table) == sorted(groups)
     cosines = [row["logits_cosine_mean"] for row in table]
     assert cosines == sorted(cosines) and cosines[0] < 0.999  # int4 moves every group's logits somewhat
+    # --min-cosine keeps the fewest most sensitive groups at int8 that bring the graph there.
+    target = 0.99
+    rule, kept, tried = choose(scorer, candidates, groups, table, QuantRecipe(min_cosine=target))
+    reached = {row["kept"]: row["cosine_mean"] >= target for row in tried}
+    assert rule == f"min_cosine={target}" and kept == [row["group"] for row in table[:len(kept)]]
+    assert all(not ok for count, ok in reached.items() if count < len(kept))
+    assert reached.get(len(kept), len(kept) == len(groups))  # all of them where none reach it
 
 
 def test_keep_sensitive_keeps_the_two_most_sensitive_groups_out_of_int4(mixed_llama):
@@ -111,3 +119,18 @@ def test_mixed_precision_for_a_gpu_target_is_refused_before_any_work(sources, tm
     err = capsys.readouterr().err
     assert "--keep-sensitive and --min-cosine measure on this host's CPU" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # three builder exports
+def test_precision_auto_takes_decoders_and_their_decode_speed(sources, tmp_path):
+    import json
+
+    done = run_export(str(sources["llama"]), "--output", str(tmp_path / "auto"), "--precision", "auto",
+                      "--goal", "speed", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    tried = json.loads(done.stdout)["quantization"]["auto"]["tried"]
+    assert [row["precision"] for row in tried] == ["int4", "int8", "fp32"]
+    assert all(row["decode_tokens_per_s"] > 0 and row["prefill_ms"] > 0 and "kl_mean" in row["validation"]
+               for row in tried)
+    fastest = max((row for row in tried if row["passed"]), key=lambda row: row["decode_tokens_per_s"])
+    assert open_package(tmp_path / "auto").precision == fastest["precision"]
