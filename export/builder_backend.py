@@ -22,10 +22,11 @@ TOOL = "onnxruntime_genai.models.builder"
 
 
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
-          cache_dir: Path, log_path: Path, phases, exclude: tuple[str, ...] = ()) -> dict:
+          cache_dir: Path, log_path: Path, phases, exclude: tuple[str, ...] = (), finish=None) -> dict:
     """Runs the builder into staging; returns the manifest fields it determines. The model type,
     precision, target and recipe were checked before (cli.choose_backend, export/recipe.py).
-    `exclude` names MatMuls the builder leaves unquantized (export/decoder_sensitivity.py)."""
+    `exclude` names MatMuls the builder leaves unquantized, and finish(model_path) rewrites its graph
+    before anything else reads it (export/decoder_sensitivity.py raises the excluded ones to int8)."""
     provider = "cpu" if target == "cpu" else "cuda"
     options = ["hf_token=false"]
     if precision in ("int4", "int8"):
@@ -43,6 +44,8 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     fields = _read_genai_config(staging / "genai_config.json")
     fields["quantization"] = recipe.as_record(4 if precision == "int4" else 8, TOOL) if precision in ("int4", "int8") else {}
     return fields
+    if finish is not None:
+        finish(staging / fields["model_file"])
 
 
 def _run_with_progress(command: list[str], log_path: Path, phases, layers: int) -> None:

@@ -177,10 +177,9 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     rule, kept, tried = choose(scorer, candidates, groups, table, recipe)
     kept_nodes = [node for group in kept for node in groups[group]]
     phases.begin("quantize")
+    raise_kept = (lambda path: _raise_to_int8(path, kept_nodes, recipe)) if kept_nodes and bits == 4 else None
     fields = builder_backend.build(source, staging, precision, target, recipe, cache_dir, log_path, phases,
-                                   exclude=tuple(kept_nodes))
-    if kept_nodes and bits == 4:
-        _raise_to_int8(staging / fields["model_file"], kept_nodes, recipe)
+                                   exclude=tuple(kept_nodes), finish=raise_kept)
     up = quantize.kept_precision(bits)
     fields["quantization"] |= {
         "sensitivity": {"measure": scorer.description, "groups": table},
