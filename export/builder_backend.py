@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.model_package import KVLayout
+from appliance.model_package import KVLayout, PrefillGraph
+from export.last_logits import slice_to_last_position
+from export.prefill_graph import weight_bytes, write_prefill_graph
 from export.quantize import QuantRecipe
 from export.source import ExportError, ModelSource
 
@@ -42,10 +44,21 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
                "-p", precision, "-e", provider, "-c", str(cache_dir), "--extra_options", *options]
     _run_with_progress(command, log_path, phases, layers=int(source.config.get("num_hidden_layers", 0)))
     fields = _read_genai_config(staging / "genai_config.json")
-    fields["quantization"] = recipe.as_record(4 if precision == "int4" else 8, TOOL) if precision in ("int4", "int8") else {}
-    return fields
     if finish is not None:
         finish(staging / fields["model_file"])
+    fields["quantization"] = recipe.as_record(4 if precision == "int4" else 8, TOOL) if precision in ("int4", "int8") else {}
+    # Prefill needs the last position's logits only: the LM head runs on that row alone.
+    slice_to_last_position(staging / fields["model_file"])
+    fields["logits"] = "last"
+    if recipe.prefill_accuracy_level is not None:
+        fields["prefill_graph"] = _prefill_graph(staging, fields, recipe.prefill_accuracy_level)
+    return fields
+
+
+def _prefill_graph(staging: Path, fields: dict, accuracy_level: int) -> PrefillGraph:
+    name = write_prefill_graph(staging, fields["model_file"], accuracy_level)
+    return PrefillGraph(file=name, quantization={**fields["quantization"], "accuracy_level": accuracy_level},
+                        weight_bytes=weight_bytes(staging, name))
 
 
 def _run_with_progress(command: list[str], log_path: Path, phases, layers: int) -> None:

@@ -90,7 +90,8 @@ def _quant_options(args) -> QuantOptions:
     return QuantOptions(method=args.quant_method, block_size=args.block_size, accuracy_level=args.accuracy_level,
                         asymmetric=args.asymmetric,
                         calibration_file=Path(args.calibration_file) if args.calibration_file else None,
-                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings)
+                        keep_sensitive=args.keep_sensitive, min_cosine=args.min_cosine, embeddings=args.embeddings,
+                        prefill_accuracy_level=args.prefill_accuracy_level)
 
 
 def export_package(args, phases: Phases) -> dict:
@@ -267,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--accuracy-level", type=int, choices=(1, 2, 3, 4),
                        help=f"MatMulNBits compute precision (default {recipe.DEFAULT_ACCURACY_LEVEL}: int8 "
                             "activations, fastest on CPU)")
+    quant.add_argument("--prefill-accuracy-level", type=int, choices=(1, 2, 3, 4),
+                       help="builder int4: also write a prefill graph at this accuracy level over the same weights "
+                            "and KV layout (1, fp32 activations, prefilled faster on an AVX2-only host); the "
+                            "daemon prefills on it and decodes on the main graph ([runtime] prefill_graph)")
     quant.add_argument("--asymmetric", action="store_true",
                        help="asymmetric (uint, with zero points) quantization; k_quant and hqq always are")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package at --output")

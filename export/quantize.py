@@ -47,6 +47,8 @@ class QuantRecipe:
     embeddings: str = "int8"  # "int8": Gather tables quantized (quantize_dynamic); "fp32": kept
     keep_sensitive: Optional[int] = None
     min_cosine: Optional[float] = None
+    # Builder int4: a second graph for prefill at this MatMulNBits accuracy level (export/prefill_graph.py).
+    prefill_accuracy_level: Optional[int] = None
 
     def as_record(self, bits: int, tool: str) -> dict:
         record = {"method": self.method, "op": "MatMulNBits", "bits": bits, "block_size": self.block_size,

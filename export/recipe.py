@@ -19,6 +19,8 @@ accuracy_level and zero points), with onnxruntime 1.32 and onnxruntime-genai 0.1
   precision; dynamic (quantize_dynamic, per-channel, the old default) and static (QDQ,
   per-channel, calibrated on --calibration-file or the built-in texts) take none of them.
 - every fp32 / fp16 export takes none.
+- --prefill-accuracy-level (a second graph for prefill, export/prefill_graph.py): builder int4
+  only, whose graphs the shared-KV runner serves with one set of KV buffers for both graphs.
 
 The exporter compares the recipe with the written graph afterwards (cli._check_recipe), so a
 library that changes what it honours fails the export instead of the manifest lying.
@@ -50,11 +52,13 @@ class Method:
     blocks: bool = True  # MatMulNBits: takes --block-size, --accuracy-level, --asymmetric
     mixable: bool = True  # takes --keep-sensitive / --min-cosine
     embeddings: bool = True  # takes --embeddings
+    prefill: bool = False  # takes --prefill-accuracy-level
 
 
 # (backend, precision) -> the methods it implements there.
 METHODS = {
-    ("builder", "int4"): {"rtn": Method(embeddings=False), "k_quant": Method(symmetric=False, embeddings=False)},
+    ("builder", "int4"): {"rtn": Method(embeddings=False, prefill=True),
+                          "k_quant": Method(symmetric=False, embeddings=False, prefill=True)},
     ("builder", "int8"): {"rtn": Method(embeddings=False)},
     ("optimum", "int4"): {"rtn": Method(), "k_quant": Method(symmetric=False), "hqq": Method(symmetric=False),
                           "gptq": Method(calibration="required", mixable=False)},
@@ -75,6 +79,7 @@ class QuantOptions:
     keep_sensitive: Optional[int] = None
     min_cosine: Optional[float] = None
     embeddings: Optional[str] = None
+    prefill_accuracy_level: Optional[int] = None
 
     def flags(self) -> list[tuple[str, object, str]]:
         """(flag, value, the Method property that must allow it)."""
@@ -82,14 +87,20 @@ class QuantOptions:
                 ("--accuracy-level", self.accuracy_level, "blocks"), ("--asymmetric", self.asymmetric or None, "blocks"),
                 ("--calibration-file", self.calibration_file, "calibration"),
                 ("--keep-sensitive", self.keep_sensitive, "mixable"), ("--min-cosine", self.min_cosine, "mixable"),
-                ("--embeddings", self.embeddings, "embeddings")]
+                ("--embeddings", self.embeddings, "embeddings"),
+                ("--prefill-accuracy-level", self.prefill_accuracy_level, "prefill")]
 
     def given(self) -> list[str]:
         return [flag for flag, value, _ in self.flags() if value is not None]
 
 
+def runs_on_gpu_only(precision: str) -> bool:
+    """fp16 graphs need a GPU: ONNX Runtime's CPU provider lacks fp16 kernels for most of their ops."""
+    return precision == "fp16"
+
+
 def check_precision_target(precision: str, target: str) -> None:
-    if precision == "fp16" and target == "cpu":
+    if runs_on_gpu_only(precision) and target == "cpu":
         raise BadOptions("--precision fp16 is for GPU targets (--target cuda or tensorrt); "
                          "for cpu use fp32, int8 or int4")
 
@@ -128,11 +139,13 @@ def resolve(backend: str, precision: str, options: QuantOptions) -> QuantRecipe:
                        accuracy_level=options.accuracy_level or DEFAULT_ACCURACY_LEVEL,
                        symmetric=symmetric, method=name, calibration_file=options.calibration_file,
                        embeddings=options.embeddings or ("int8" if method.embeddings else "fp32"),
-                       keep_sensitive=options.keep_sensitive, min_cosine=options.min_cosine)
+                       keep_sensitive=options.keep_sensitive, min_cosine=options.min_cosine,
+                       prefill_accuracy_level=options.prefill_accuracy_level)
 
 
 def _why(needs: str, backend: str) -> str:
     if backend == "builder" and needs == "embeddings":
         return " (the builder shares tied embeddings itself)"
     return {"calibration": " (gptq and static calibrate)", "mixable": " (rtn, k_quant and hqq mix precisions)",
-            "blocks": " (it writes no MatMulNBits blocks)"}.get(needs, "")
+            "blocks": " (it writes no MatMulNBits blocks)",
+            "prefill": " (a prefill graph is written for builder int4 packages)"}.get(needs, "")

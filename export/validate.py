@@ -16,6 +16,7 @@ import numpy as np
 from appliance.engine.batch_invariance import host_record, probe as probe_batch_invariance
 from appliance.engine.providers import RuntimeOptions
 from appliance.model_package import Manifest
+from export.recipe import runs_on_gpu_only
 from export.validation_texts import DECODER_PROMPT, SENTENCES
 
 GREEDY_TOKENS = 32
@@ -43,6 +44,8 @@ DECODER_THRESHOLDS = {
 ENCODER_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int4": 0.95}
 CLASSIFIER_THRESHOLDS = {"fp32": 1e-3, "fp16": 2e-2}
 CPU = RuntimeOptions(("cpu",))
+# The decode graph alone: a package's prefill graph is validated on its own (prefill_graph_figures).
+DECODE_GRAPH_ONLY = RuntimeOptions(("cpu",), prefill_graph="off")
 
 
 def run(source_dir: Path, package_dir: Path, manifest: Manifest, phases) -> dict:
@@ -80,7 +83,8 @@ def _load_problem(model_path: Path) -> str | None:
 def _runnable_here(manifest: Manifest) -> bool:
     import onnxruntime as ort
 
-    on_gpu_only = manifest.precision == "fp16" or (manifest.backend == "builder" and manifest.targets[0].name != "cpu")
+    on_gpu_only = runs_on_gpu_only(manifest.precision) or (manifest.backend == "builder"
+                                                           and manifest.targets[0].name != "cpu")
     return not on_gpu_only or "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -102,7 +106,7 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
     path = generated[len(prompt):]
     # One runner for both checks (alone, a sequence uses row 0), its KV sized for this check
     # rather than the model's whole context.
-    runner = open_decoder_runner(package_dir, manifest, CPU, max_batch=BATCH_CHECK_ROWS,
+    runner = open_decoder_runner(package_dir, manifest, DECODE_GRAPH_ONLY, max_batch=BATCH_CHECK_ROWS,
                                  max_context=len(prompt) + steps + 1)
 
     def step(token: int, cached: int) -> np.ndarray:
@@ -127,10 +131,29 @@ def validate_decoder(source_dir: Path, package_dir: Path, manifest: Manifest, ph
     # host, whether bit-identical logits hold and which padding makes them hold at what cost (the
     # daemon measures it again on its own host at load, see appliance/engine/batch_invariance.py).
     invariance = probe_batch_invariance(runner, "always")
-    return {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),
-            **logit_figures(ort_logits, ref_path_logits),
-            "greedy_token_agreement": agreement, "greedy_prefix_match": prefix,
-            "batch_invariance": {**invariance.as_record(), "host": host_record(runner.provider)}}
+    figures = {"kind": "decoder", "prompt_tokens": len(prompt), "greedy_tokens": len(path),
+               **logit_figures(ort_logits, ref_path_logits),
+               "greedy_token_agreement": agreement, "greedy_prefix_match": prefix,
+               "batch_invariance": {**invariance.as_record(), "host": host_record(runner.provider)}}
+    if manifest.prefill_graph is not None:
+        figures["prefill_graph"] = prefill_graph_figures(package_dir, manifest, prompt, path, ref_path_logits)
+    return figures
+
+
+def prefill_graph_figures(package_dir: Path, manifest: Manifest, prompt: list[int], path: list[int],
+                          reference: np.ndarray) -> dict:
+    """The prefill graph along the same greedy path: the prompt in one chunk, then each token of
+    the path as a one-token chunk (its logits are the last position's only, so the graph runs token
+    by token), compared with the reference as the decode graph is."""
+    from appliance.engine.runners import open_decoder_runner
+
+    runner = open_decoder_runner(package_dir, manifest, CPU, max_context=len(prompt) + len(path) + 1)
+    logits = [runner.prefill(0, prompt, 0)]
+    for offset, token in enumerate(path[:-1]):
+        logits.append(runner.prefill(0, [token], len(prompt) + offset))
+    logits = np.stack(logits)
+    return {"file": manifest.prefill_graph.file, **logit_figures(logits, reference),
+            "greedy_token_agreement": float(np.mean(logits.argmax(-1) == np.asarray(path)))}
 
 
 def logit_figures(ours: np.ndarray, reference: np.ndarray) -> dict:
@@ -212,6 +235,22 @@ def validate_classifier(source_dir: Path, package_dir: Path, manifest: Manifest)
             "logits_rel_diff": float(diff.max()) / scale, "label_agreement": agreement}
 
 
+def _logit_problems(figures: dict, limits: dict) -> list[str]:
+    problems = []
+    # Written as "not within" so that a NaN figure (a graph that outputs NaN) fails too.
+    if "logits_rel_diff" in limits and not figures["logits_rel_diff"] <= limits["logits_rel_diff"]:
+        problems.append(f"logits differ by {figures['logits_rel_diff']:.2e} of their scale "
+                        f"(limit {limits['logits_rel_diff']:.0e})")
+    if "logits_cosine_mean" in limits and not figures["logits_cosine_mean"] >= limits["logits_cosine_mean"]:
+        problems.append(f"logits cosine {figures['logits_cosine_mean']:.4f} along the greedy path "
+                        f"(floor {limits['logits_cosine_mean']})")
+    if "top5_overlap" in limits and not figures["top5_overlap"] >= limits["top5_overlap"]:
+        problems.append(f"top-5 tokens overlap {figures['top5_overlap']:.2f} (floor {limits['top5_overlap']})")
+    if "kl_mean" in limits and not figures["kl_mean"] <= limits["kl_mean"]:
+        problems.append(f"next-token KL divergence {figures['kl_mean']:.3f} (limit {limits['kl_mean']})")
+    return problems
+
+
 def failures(figures: dict, task: str, precision: str) -> list[str]:
     """Human-readable threshold failures; empty when the package may be written."""
     kind = figures.get("kind")
@@ -220,17 +259,9 @@ def failures(figures: dict, task: str, precision: str) -> list[str]:
     problems = []
     if kind == "decoder":
         limits = DECODER_THRESHOLDS[precision]
-        # Written as "not within" so that a NaN figure (a graph that outputs NaN) fails too.
-        if "logits_rel_diff" in limits and not figures["logits_rel_diff"] <= limits["logits_rel_diff"]:
-            problems.append(f"logits differ by {figures['logits_rel_diff']:.2e} of their scale "
-                            f"(limit {limits['logits_rel_diff']:.0e})")
-        if "logits_cosine_mean" in limits and not figures["logits_cosine_mean"] >= limits["logits_cosine_mean"]:
-            problems.append(f"logits cosine {figures['logits_cosine_mean']:.4f} along the greedy path "
-                            f"(floor {limits['logits_cosine_mean']})")
-        if "top5_overlap" in limits and not figures["top5_overlap"] >= limits["top5_overlap"]:
-            problems.append(f"top-5 tokens overlap {figures['top5_overlap']:.2f} (floor {limits['top5_overlap']})")
-        if "kl_mean" in limits and not figures["kl_mean"] <= limits["kl_mean"]:
-            problems.append(f"next-token KL divergence {figures['kl_mean']:.3f} (limit {limits['kl_mean']})")
+        problems += _logit_problems(figures, limits)
+        if "prefill_graph" in figures:
+            problems += [f"prefill graph: {problem}" for problem in _logit_problems(figures["prefill_graph"], limits)]
         wanted = min(limits.get("greedy_prefix_match", 0), figures["greedy_tokens"])
         if figures["greedy_prefix_match"] < wanted:
             problems.append(f"greedy tokens diverge at {figures['greedy_prefix_match']} (want {wanted})")
