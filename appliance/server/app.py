@@ -116,7 +116,7 @@ class Daemon:
         self.notifier = notifier or Notifier(None)
         self.watchdog_s = watchdog_s
         runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads,
-                                 config.runtime.cuda_graph)
+                                 config.runtime.cuda_graph, prefill_graph=config.runtime.prefill_graph)
         engine = config.engine
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue,

@@ -70,6 +70,10 @@ class RuntimeConfig(_Section):
     # Decode steps replay CUDA graphs (one per batch size) on the CUDA provider: auto where the
     # graph allows it (every node on CUDA), on to refuse a decoder that cannot, off never.
     cuda_graph: Literal["auto", "on", "off"] = "auto"
+    # Prefill on the package's prefill graph (a recipe that prefills faster than the decode
+    # graph's): auto where the package carries one; off never loads it, which saves its memory
+    # (a second copy of the weights).
+    prefill_graph: Literal["auto", "off"] = "auto"
     # Devices the decoder replicas run on, "cpu" or "cuda:N": [engine] replicas engines on each
     # (devices = ["cuda:0", "cuda:1"] with replicas = 2 is four engines, replica i on
     # devices[i % 2]). Empty: every replica where `providers` chooses, on GPU 0. An encoder runs
