@@ -23,6 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS) now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
 @contextmanager
 def serve_alone(package: Path, config_toml: str = "", threads: int = 2, ready_timeout_s: float = 300,
                 log: Optional[Path] = None) -> Iterator[tuple[str, subprocess.Popen]]:

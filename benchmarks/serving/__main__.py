@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     everything: dict = {"command": sys.argv, "versions": versions(), "models": {}}
     for index, model in enumerate(args.models):
         prompts = Prompts(models.package(model, args.rebuild))
+        if args.rebuild and "genai" in args.contenders:
+            models.genai_model(model, rebuild=True)
         if args.rebuild and "openvino" in args.contenders:
             models.openvino_model(model, rebuild=True)
         results, genai_capacity = {}, None
@@ -199,4 +201,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (RuntimeError, TimeoutError, OSError) as exc:  # a contender that would not start or answer
+        sys.exit(f"serving benchmark: {exc}")

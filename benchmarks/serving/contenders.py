@@ -67,5 +67,5 @@ def make(name: str, model: str, prompts, args):
         return DaemonContender(name, package, prompts, args.max_batch, models.CONTEXT, extra, args.threads,
                                models.WORK / "logs" / f"{name}-{package.name}.log")
     if name == "genai":
-        return PeerContender(name, Path(sys.executable), package, package, prompts, args.threads)
+        return PeerContender(name, Path(sys.executable), models.genai_model(model), package, prompts, args.threads)
     return PeerContender(name, models.OPENVINO_PYTHON, models.openvino_model(model), package, prompts, args.threads)

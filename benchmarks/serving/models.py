@@ -1,11 +1,12 @@
 """The benchmark's models: random-weight sources of two real shapes (and a tiny one for --quick),
-this project's int4 builder package of each (`appliance-export --precision int4`, which also
-carries the genai_config.json the onnxruntime-genai Engine reads), and an int4 OpenVINO export of
-the same source by optimum-intel. Everything lives under build/serving/; a step whose output is
+this project's int4 builder package of each (`appliance-export --precision int4`), the genai
+builder's own graph of it with the same recipe, and an int4 OpenVINO export of the same source by
+optimum-intel. Everything lives under build/serving/; a step whose output is
 there is skipped unless `rebuild` (so a changed exporter is picked up with --rebuild)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,21 @@ def package(name: str, rebuild: bool = False) -> Path:
         _step(f"exporting {name} (appliance-export --precision int4)",
               [sys.executable, "-m", "export.cli", str(source(name, rebuild)), "--output", str(out),
                "--precision", "int4", "--force"], WORK / "logs" / f"export-{name}.log")
+    return out
+
+
+def genai_model(name: str, rebuild: bool = False) -> Path:
+    """The genai builder's own graph with the package's int4 recipe: the package's graph computes
+    prefill logits for the last position only, which onnxruntime-genai's runtime does not accept."""
+    out = WORK / "genai" / f"{name}-int4"
+    if rebuild or not (out / "genai_config.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        recipe = json.loads((package(name) / "manifest.json").read_text())["quantization"]
+        _step(f"building {name} with the genai builder (int4, as the package)",
+              [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source(name)), "-o", str(out),
+               "-p", "int4", "-e", "cpu", "-c", str(WORK / "genai-cache"), "--extra_options", "hf_token=false",
+               f"block_size={recipe['block_size']}", f"accuracy_level={recipe['accuracy_level']}",
+               f"is_symmetric={str(recipe['symmetric']).lower()}"], WORK / "logs" / f"genai-{name}.log")
     return out
 
 

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.daemons import rss_bytes
+
 from .workload import QUESTIONS, grow_text, system_prompt
 
 MB = 2**20
 SLACK = 400 * MB
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def budget(package: Path, config_toml: str) -> dict:
