@@ -50,7 +50,7 @@ def _authorization(request: web.Request) -> str:
 
 
 def _metered(rpc: str):
-    """Meters a handler's end in the core, as gRPC's unary_errors / stream_errors do, and answers
+    """Meters a handler's end in the core, as gRPC's MeteredCall does, and answers
     an exception with the OpenAI error body and the status mapped from the exception hierarchy."""
 
     def wrap(handler):

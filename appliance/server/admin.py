@@ -13,7 +13,7 @@ import grpc
 from appliance.registry import ReloadResult
 from appliance.server import convert
 from appliance.server.auth import Authenticator
-from appliance.server.errors import CallInfo, unary_errors
+from appliance.server.errors import CallInfo, MeteredCall
 from appliance.v1 import admin_pb2_grpc
 
 
@@ -22,15 +22,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                  finished: Callable[[CallInfo, grpc.StatusCode], None]):
         self.auth = auth
         self.reload = reload
-        self._meter = finished  # the Inference service's metering, so admin calls are logged alike
+        self.finished = finished  # the Inference service's metering, so admin calls are logged alike
 
-    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
-        """Metered, for unary_errors: hands the call's end to the Inference service's metering."""
-        self._meter(call, status)
-
-    @unary_errors
-    async def ReloadModels(self, request, context: grpc.aio.ServicerContext, call: CallInfo):
-        key = self.auth.identify(context)
-        call.key_id = key.id
-        self.auth.check_admin(key)
-        return convert.reload_response(await self.reload())
+    async def ReloadModels(self, request, context: grpc.aio.ServicerContext):
+        async with MeteredCall("ReloadModels", context, self.finished) as call:
+            key = self.auth.identify(context)
+            call.key_id = key.id
+            self.auth.check_admin(key)
+            return convert.reload_response(await self.reload())

@@ -1,21 +1,20 @@
 """The one place where exceptions become gRPC statuses (and, beside them, the OpenAI HTTP API's
 statuses), and where every gRPC call's end is seen.
 
-Handlers raise typed ApplianceErrors; these wrappers abort the call with the mapped status and
-the error's message (which names fields, never prompt text). Anything else is logged by class
-and answered INTERNAL with no detail on the wire. Each call carries a CallInfo that the handler
-fills (key, model, tokens); the servicer's `finished(call, status)` (the Metered protocol) meters
-it, whatever the end.
+Handlers raise typed ApplianceErrors; MeteredCall, which every RPC's body runs in, aborts the call
+with the mapped status and the error's message (which names fields, never prompt text). Anything
+else is logged by class and answered INTERNAL with no detail on the wire. Each call carries a
+CallInfo that the handler fills (key, model, tokens); the `finished(call, status)` the RPC hands
+to MeteredCall meters it, whatever the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable
 
 import grpc
 
@@ -33,13 +32,6 @@ class CallInfo:
     model: str = ""  # set only once the model is known to be served (bounded label values)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-class Metered(Protocol):
-    """What a servicer wrapped by unary_errors or stream_errors provides: the one call that meters
-    a call's end (access log, metrics, usage)."""
-
-    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None: ...
 
 
 class RequestTooLarge(ApplianceError):
@@ -98,40 +90,28 @@ def describe(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     return code, message
 
 
-def unary_errors(handler):
-    @functools.wraps(handler)
-    async def wrapper(self: Metered, request, context):
-        call = CallInfo(handler.__name__)
-        try:
-            response = await handler(self, request, context, call)
-        except asyncio.CancelledError:
-            self.finished(call, grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            code, message = describe(handler.__name__, exc)
-            self.finished(call, code)
-            await context.abort(code, message)
-        self.finished(call, grpc.StatusCode.OK)
-        return response
+class MeteredCall:
+    """`async with MeteredCall(rpc, context, finished) as call:` around an RPC's whole body, unary
+    or streaming: the body fills `call`; its end, whatever it is, is metered once by `finished`,
+    and an exception aborts the call with its mapped status."""
 
-    return wrapper
+    def __init__(self, rpc: str, context: grpc.aio.ServicerContext,
+                 finished: Callable[[CallInfo, grpc.StatusCode], None]):
+        self.call = CallInfo(rpc)
+        self._context = context
+        self._finished = finished
 
+    async def __aenter__(self) -> CallInfo:
+        return self.call
 
-def stream_errors(handler):
-    @functools.wraps(handler)
-    async def wrapper(self: Metered, request, context):
-        call = CallInfo(handler.__name__)
-        try:
-            async for message in handler(self, request, context, call):
-                yield message
-        except (asyncio.CancelledError, GeneratorExit):
-            # A client that goes away cancels the task or closes this generator.
-            self.finished(call, grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            code, message = describe(handler.__name__, exc)
-            self.finished(call, code)
-            await context.abort(code, message)
-        self.finished(call, grpc.StatusCode.OK)
-
-    return wrapper
+    async def __aexit__(self, kind, exc, traceback) -> bool:
+        if kind is None:
+            self._finished(self.call, grpc.StatusCode.OK)
+        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+            # A client that goes away cancels the task, or closes a streaming handler's generator.
+            self._finished(self.call, grpc.StatusCode.CANCELLED)
+        elif issubclass(kind, Exception):
+            code, message = describe(self.call.rpc, exc)
+            self._finished(self.call, code)
+            await self._context.abort(code, message)
+        return False

@@ -1,4 +1,4 @@
-"""Admin calls are metered through the Metered protocol, like Inference calls."""
+"""Admin calls are metered through MeteredCall, like Inference calls."""
 
 import asyncio
 
