@@ -1,14 +1,10 @@
 """Redaction over the HTTP door: a scripted model writes PII across many tokens (see
-tests/appliance/server/test_redaction_e2e.py); no chunk carries any part of it."""
-
-import shutil
+tests/appliance/scripted_model.py); no chunk carries any part of it."""
 
 import openai
 import pytest
 
-from appliance.server.config import load_config
-from tests.appliance.server.test_redaction_e2e import CARD, EMAIL, script_model
-from tests.conftest import InProcessDaemon, free_port
+from tests.appliance.scripted_model import CARD, EMAIL, script_model
 
 TEXT = f"Sure! Write to {EMAIL}, pay with card {CARD}. Thanks."
 REDACTED = "Sure! Write to [EMAIL_ADDRESS], pay with card [CREDIT_CARD]. Thanks."
@@ -16,24 +12,15 @@ PARTS = ("alice", "smith", "example", "@", "4111", "1111")
 
 
 @pytest.fixture(scope="module")
-def redacting(models_dir, tmp_path_factory):
-    served = tmp_path_factory.mktemp("http-redaction-models")
-    shutil.copytree(models_dir / "llama", served / "llama")
-    config = load_config(None, {
-        "server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
-        "http": {"listen": "127.0.0.1:0"},
-        "redaction": {"input": "pseudonymize", "output": "redact", "allowed_input": ("redact", "pseudonymize"),
-                      "allowed_output": ("redact", "restore")},
-    })
-    with InProcessDaemon(config) as running:
-        with openai.OpenAI(base_url=f"http://{running.daemon.http_address}/v1", api_key="unused",
-                           max_retries=0, timeout=60) as client:
-            yield running, client
+def redacting(redacting_daemon):
+    with openai.OpenAI(base_url=f"http://{redacting_daemon.daemon.http_address}/v1", api_key="unused",
+                       max_retries=0, timeout=60) as client:
+        yield redacting_daemon, client
 
 
 def test_a_streamed_email_split_across_chunks_never_reaches_the_client(redacting, models_dir):
     running, client = redacting
-    _, _, length = script_model((running.daemon, running.target), models_dir, TEXT)
+    _, _, length = script_model(running, models_dir, TEXT)
     assert length > 25  # the values are spread over many tokens
     chunks = list(client.chat.completions.create(
         model="llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=length, stream=True, temperature=0,
@@ -49,7 +36,7 @@ def test_a_streamed_email_split_across_chunks_never_reaches_the_client(redacting
 
 def test_pseudonymised_prompt_restored_in_a_whole_response(redacting, models_dir):
     running, client = redacting
-    runner, tokenizer, length = script_model((running.daemon, running.target), models_dir,
+    runner, tokenizer, length = script_model(running, models_dir,
                                              "I will email [EMAIL_ADDRESS_1] today.")
     whole = client.completions.create(
         model="llama", prompt=f"My email is {EMAIL}, please confirm.", max_tokens=length, temperature=0,

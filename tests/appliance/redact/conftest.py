@@ -13,6 +13,15 @@ DATA = Path(__file__).parent / "data"
 EVAL_SET = DATA / "eval_set.jsonl"
 
 
+def most_held_back(stream, text: str, piece: int) -> int:
+    """Feeds `text` to a redaction stream `piece` characters at a time; the most it held back."""
+    most = 0
+    for i in range(0, len(text), piece):
+        stream.feed(text[i:i + piece])
+        most = max(most, stream.held_back)
+    return most
+
+
 def load_eval_cases() -> list[dict]:
     with EVAL_SET.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]

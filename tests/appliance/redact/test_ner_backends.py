@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from appliance.redact import Redactor
 from appliance.redact.ner import load_ner, segment_end
 from appliance.redact.ner_zh import viterbi
-from tests.appliance.redact.conftest import DATA
+from tests.appliance.redact.conftest import DATA, most_held_back
 from tests.appliance.redact.strategies import split_at
 
 ner, missing = load_ner(("zh", "en"))
@@ -141,11 +141,8 @@ def test_a_name_split_across_chunks_never_leaks(with_ner):
 
 
 def test_the_hold_back_is_one_segment_at_most(with_ner):
-    stream = with_ner.stream()
     text = "The parcel for Sarah Miller is late again and nobody answers the phone at all " * 8
-    for i in range(0, len(text), 4):
-        stream.feed(text[i:i + 4])
-        assert stream.held_back <= with_ner.max_holdback
+    assert most_held_back(with_ner.stream(), text, 4) <= with_ner.max_holdback
 
 
 def test_entity_types_choose_among_ner_types_too():

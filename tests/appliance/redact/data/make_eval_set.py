@@ -15,7 +15,6 @@ A line: {"id", "lang": "en"|"zh", "text", "spans": [{"type", "start", "end"}], "
 from __future__ import annotations
 
 import datetime
-import json
 import string
 import sys
 import uuid
@@ -24,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
+from tests.appliance.redact.data.case_writer import fill, language, write_cases  # noqa: E402
 from tests.appliance.redact.data.fake_values import (FULLWIDTH, alnum, bearer_token, card, cn_id, cn_landline,  # noqa: E402
                                                      cn_mobile, digits, email, en_name, iban_code, intl_phone, ipv4,
                                                      ipv6, password, pem_block, phone, rng, secret, ssn, us_phone,
@@ -79,20 +79,6 @@ EN_FILLER = ["Thanks in advance.", "Order 20240315001 arrived late.", "I waited 
 ZH_FILLER = ["谢谢！", "订单20240315001还没到。", "我等了45分钟。", "价格是2999元。", "明天下午3点见。", ""]
 
 
-def fill(template: str) -> tuple[str, list[dict]]:
-    text, spans, rest = "", [], template
-    while "{" in rest:
-        before, _, rest = rest.partition("{")
-        slot, _, rest = rest.partition("}")
-        text += before
-        entity_type, make = MAKERS[slot.lstrip("!")]
-        value = make()
-        if not slot.startswith("!"):
-            spans.append({"type": entity_type, "start": len(text), "end": len(text) + len(value)})
-        text += value
-    return text + rest, spans
-
-
 # Extensions the templates write after a phone number: part of the PHONE_NUMBER span.
 _EXTENSIONS = (" (ext. 12)", "，分机12")
 
@@ -115,7 +101,7 @@ def positives() -> list[dict]:
         for group, options in templates.items():
             count = {"en": 22, "zh": 14}[lang] if group != "iban" else 12
             for _ in range(count):
-                text, spans = fill(rng.choice(options))
+                text, spans = fill(MAKERS, rng.choice(options))
                 tail = rng.choice(filler)
                 # A form field ("Full name: ...") ends at the line break, as in real forms.
                 joint = "\n" if text.endswith(tuple(string.ascii_letters)) else " "
@@ -133,13 +119,13 @@ def positives() -> list[dict]:
                       "spans": [{"type": kind, "start": len(prefix), "end": len(prefix) + len(wide)}]})
     # Several entities in one message.
     for _ in range(20):
-        text, spans = fill(rng.choice([
+        text, spans = fill(MAKERS, rng.choice([
             "Hi, my name is {en_name}, email {email}, phone {phone}, card {card}.",
             "我叫{zh_name}，手机{mobile}，身份证{cn_id}，邮箱{email}。",
             "Ticket from {ipv4}: user {email} pasted {secret} by mistake.",
             "收件人：{zh_name}，电话{landline}，卡号{card}",
         ]))
-        cases.append({"lang": "zh" if any("\u4e00" <= c <= "\u9fff" for c in text) else "en", "text": text,
+        cases.append({"lang": language(text), "text": text,
                       "spans": spans, "tags": ["mixed"]})
     return cases
 
@@ -217,8 +203,7 @@ def negatives() -> list[dict]:
     for tag, make in NEGATIVE_MAKERS.items():
         for _ in range(14):
             text = make()
-            lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in text) else "en"
-            cases.append({"lang": lang, "text": text, "spans": [], "tags": ["hard_negative", tag]})
+            cases.append({"lang": language(text), "text": text, "spans": [], "tags": ["hard_negative", tag]})
     return cases
 
 
@@ -275,11 +260,9 @@ def main(out: Path = OUT, seed: int = SEED) -> None:
         if case["text"] not in seen:
             seen.add(case["text"])
             unique.append(case)
-    with out.open("w", encoding="utf-8") as f:
-        for number, case in enumerate(unique, 1):
-            case["spans"].sort(key=lambda s: s["start"])
-            f.write(json.dumps({"id": f"case-{number:04d}", **case}, ensure_ascii=False) + "\n")
-    print(f"wrote {len(unique)} cases to {out}")
+    for case in unique:
+        case["spans"].sort(key=lambda s: s["start"])
+    write_cases(out, unique, "case")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,14 @@ labelled. Each case has a split: "dev" (looked at while building the detectors) 
 
 from __future__ import annotations
 
-import json
 import random
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+
+from tests.appliance.redact.data.case_writer import fill, language, write_cases  # noqa: E402
 
 OUT = Path(__file__).with_name("names_set.jsonl")
 SEED = 20261201
@@ -160,20 +165,6 @@ MIXED = ["客户{p}来电反映，寄到{a}的包裹丢了。", "{zp} says the p
          "Please call {zp}，地址是{za}。"]
 
 
-def fill(template: str) -> tuple[str, list[dict]]:
-    text, spans, rest = "", [], template
-    while "{" in rest:
-        before, _, rest = rest.partition("{")
-        slot, _, rest = rest.partition("}")
-        text += before
-        entity_type, make = MAKERS[slot]
-        value = make()
-        if entity_type is not None:
-            spans.append({"type": entity_type, "start": len(text), "end": len(text) + len(value)})
-        text += value
-    return text + rest, spans
-
-
 def main(out: Path = OUT) -> None:
     rng.seed(SEED)
     cases, seen = [], set()
@@ -181,7 +172,7 @@ def main(out: Path = OUT) -> None:
                                    ("mixed", MIXED, 6)):
         for template in templates:
             for _ in range(count):
-                text, spans = fill(template)
+                text, spans = fill(MAKERS, template)
                 if text not in seen:
                     seen.add(text)
                     cases.append({"lang": lang, "text": text, "spans": spans,
@@ -190,13 +181,9 @@ def main(out: Path = OUT) -> None:
     for text, values in DEV_EXTRA:
         spans = [{"type": kind, "start": text.index(value), "end": text.index(value) + len(value)}
                  for kind, value in values]
-        lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in text) else "en"
-        cases.append({"lang": lang, "text": text, "spans": spans, "tags": ["names" if spans else "hard_negative"]})
+        cases.append({"lang": language(text), "text": text, "spans": spans, "tags": ["names" if spans else "hard_negative"]})
         splits.append("dev")
-    with out.open("w", encoding="utf-8") as f:
-        for number, (case, split) in enumerate(zip(cases, splits), 1):
-            f.write(json.dumps({"id": f"names-{number:04d}", "split": split, **case}, ensure_ascii=False) + "\n")
-    print(f"wrote {len(cases)} cases to {out}")
+    write_cases(out, [{"split": split, **case} for case, split in zip(cases, splits)], "names")
 
 
 if __name__ == "__main__":
