@@ -95,9 +95,10 @@ def grow_text(rng: np.random.Generator, templates: tuple[str, ...], target_token
 
 
 def system_prompt(seed: int, target_tokens: int, count_tokens: TokenCounter) -> str:
-    """Readable policy and product text; a different seed gives an unseen prefix of the same length."""
+    """Readable policy and product text; a different seed gives an unseen prefix of the same length
+    (unseen from its first tokens on: the seed opens it, so no cached block of another matches)."""
     rng = np.random.default_rng([seed, 1])
-    head = "You are the support assistant of Northwind Home, a small online shop. Follow these rules."
+    head = f"Policy sheet {seed}. You are the support assistant of Northwind Home, a small online shop."
     return grow_text(rng, POLICY_SENTENCES, target_tokens, count_tokens, first=head)
 
 

@@ -42,7 +42,9 @@ def test_the_workload_is_seeded_and_shaped_as_specified():
 def test_an_unseen_prefix_has_the_same_length_and_other_text():
     seen, unseen = system_prompt(0, 1000, words), system_prompt(1000, 1000, words)
     assert seen != unseen and words(seen) == words(unseen) == 1000
-    assert seen.split(".")[0] == unseen.split(".")[0]  # readable text with the same opening, not ids
+    # Readable text of the same kind, not ids, and different from the first words on (a prefix cache
+    # keyed by blocks from the start must find nothing of one in the other).
+    assert seen.split(".")[1] == unseen.split(".")[1] and seen.split()[:3] != unseen.split()[:3]
 
 
 def test_each_turn_resends_the_whole_history_with_the_answers_given():
