@@ -46,6 +46,18 @@ def _round_up(n: int, quantum: int) -> int:
     return -(-n // quantum) * quantum
 
 
+def _runs(blocks, block_tokens: int) -> list[tuple[int, int, int]]:
+    """(first block, first position, count) of each run of (block, position) pairs where both
+    advance by one block."""
+    runs: list[list[int]] = []
+    for block, position in blocks:
+        if runs and runs[-1][0] + runs[-1][2] == block and runs[-1][1] + runs[-1][2] * block_tokens == position:
+            runs[-1][2] += 1
+        else:
+            runs.append([block, position, 1])
+    return [tuple(run) for run in runs]
+
+
 class SharedKVRunner:
     # Row quanta a decode step may be padded to (the tile sizes seen in ORT's CPU kernels).
     row_quanta = (1, 2, 4)
@@ -76,7 +88,7 @@ class SharedKVRunner:
         self._prefill_logits: Optional[DeviceBuffer] = None  # [1, longest chunk so far or 1, vocab]
         self._graph_epoch = 0  # captured graphs hold addresses: new buffers need new graph ids
         self.row_quantum = 1
-        self._pool: list[DeviceBuffer] = []  # prefix-cache blocks, per layer K and V [blocks, H, B, D]
+        self._pool: list[DeviceBuffer] = []  # prefix-cache blocks, per layer K and V [H, blocks * B, D]
         self._block_tokens = 0
         self._allocate(max_batch)
 
@@ -242,27 +254,32 @@ class SharedKVRunner:
         """Allocates the prefix cache's pool on the session's device, as many blocks of
         `block_tokens` positions as `budget_bytes` holds; returns (blocks, bytes per block)."""
         layout = self.layout
-        shape = (layout.num_kv_heads, block_tokens, layout.head_dim)  # one block of one layer's K or V
-        block_bytes = 2 * layout.num_layers * int(np.prod(shape)) * np.dtype(layout.dtype).itemsize
+        block_bytes = 2 * layout.num_layers * layout.num_kv_heads * block_tokens * layout.head_dim \
+            * np.dtype(layout.dtype).itemsize
         blocks = budget_bytes // block_bytes
-        self._pool = [self.device.allocate("prefix_cache", (blocks, *shape), layout.dtype)
+        # Heads outermost, like a KV row's: consecutive blocks of a head are consecutive positions,
+        # so a run of them copies to or from a row in one 2-D copy per layer.
+        shape = (layout.num_kv_heads, blocks * block_tokens, layout.head_dim)
+        self._pool = [self.device.allocate("prefix_cache", shape, layout.dtype)
                       for _ in range(2 * layout.num_layers)] if blocks else []
         self._block_tokens = block_tokens
         return blocks, block_bytes
 
     def _block_copies(self, slot: int, blocks, to_row: bool) -> None:
-        """Each (pool block, first position): H runs of B * D elements, B * D apart in the pool
-        and C * D apart in the row, copied on the device in the direction asked."""
+        """(pool block, first position) pairs copied on the device, into row `slot` or out of it:
+        each run of consecutive blocks at consecutive positions is H runs of n * B * D elements,
+        (blocks * B) * D apart in the pool and C * D apart in the row."""
         layout, copy, size = self.layout, self.device.copy_between, self._block_tokens
-        width, row_pitch = size * layout.head_dim, self.context_length * layout.head_dim
-        for pool, kv in zip(self._pool, self._kv):
-            for block, position in blocks:
-                at_row = slot * kv.row_size + position * layout.head_dim
-                at_pool = block * pool.row_size
+        row_pitch, heads = self.context_length * layout.head_dim, layout.num_kv_heads
+        for first, position, count in _runs(blocks, size):
+            width = count * size * layout.head_dim
+            for pool, kv in zip(self._pool, self._kv):
+                at_row, at_pool = slot * kv.row_size + position * layout.head_dim, first * size * layout.head_dim
+                pool_pitch = pool.shape[1] * layout.head_dim
                 if to_row:
-                    copy(pool, at_pool, width, kv, at_row, row_pitch, width, layout.num_kv_heads)
+                    copy(pool, at_pool, pool_pitch, kv, at_row, row_pitch, width, heads)
                 else:
-                    copy(kv, at_row, row_pitch, pool, at_pool, width, width, layout.num_kv_heads)
+                    copy(kv, at_row, row_pitch, pool, at_pool, pool_pitch, width, heads)
 
     def load_blocks(self, slot: int, blocks) -> None:
         """Copies pool blocks into row `slot`, block i at positions [i * B, (i + 1) * B), and marks

@@ -103,16 +103,16 @@ def test_a_shorter_row_moved_over_a_longer_one_leaves_no_stale_mask(models_dir):
 
 
 def through_the_pool(runner):
-    """A prompt prefilled in row 0 as [0, 16) + [16, 20); its first 16 positions stored as two
-    prefix-cache blocks (in swapped pool slots) and copied into row 3, which prefills [16, 20)
-    itself: returns both rows' last logits."""
-    prompt = list(range(30, 50))
+    """A prompt prefilled in row 0 as [0, 24) + [24, 28); its first 24 positions stored as three
+    prefix-cache blocks in pool slots 2, 0, 1 (a lone block, then a run of two copied at once) and
+    copied into row 3, which prefills [24, 28) itself: returns both rows' last logits."""
+    prompt = list(range(30, 58))
     runner.allocate_prefix_pool(8, 10**6)
-    runner.prefill(0, prompt[:16], 0)
-    cold = runner.prefill(0, prompt[16:], 16)
-    runner.store_blocks(0, ((1, 0), (0, 8)))
-    runner.load_blocks(3, (1, 0))
-    return [cold, runner.prefill(3, prompt[16:], 16)]
+    runner.prefill(0, prompt[:24], 0)
+    cold = runner.prefill(0, prompt[24:], 24)
+    runner.store_blocks(0, ((2, 0), (0, 8), (1, 16)))
+    runner.load_blocks(3, (2, 0, 1))
+    return [cold, runner.prefill(3, prompt[24:], 24)]
 
 
 def test_a_prefix_cache_hit_copies_kv_only_on_the_device_and_computes_the_cold_logits(models_dir):
