@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few requests (~3 min)")
     parser.add_argument("--models", nargs="+", choices=[m for m in models.SHAPES if m != "tiny"] + ["tiny"])
     parser.add_argument("--contenders", nargs="+", choices=contenders.NAMES)
-    parser.add_argument("--rates", type=float, nargs="+", help="measure these rates instead of searching capacity")
+    parser.add_argument("--rates", type=float, nargs="*",
+                        help="measure these rates instead of searching capacity (none: only the headline and soak)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--rebuild", action="store_true", help="re-make sources, packages and OpenVINO exports")
     parser.add_argument("--threads", type=int, default=2, help="threads per contender")
@@ -84,8 +85,9 @@ def estimate_s(args) -> float:
     """Rough wall time of the run: measurements fill their arrival windows, then drain; contenders
     load; cold ~1,000-token prefills take seconds each; the soak's uncached half prefills too."""
     drain_s, load_s, cold_s = (3, 5, 0.5) if args.quick else (60, 30, 10)
-    measurements = len(args.rates) if args.rates else len(LOADS) + 1
-    per_contender = (load_s + (0 if args.rates else args.search_steps * (args.trial_s + drain_s))
+    searching = args.rates is None
+    measurements = len(LOADS) + 1 if searching else len(args.rates)
+    per_contender = (load_s + (args.search_steps * (args.trial_s + drain_s) if searching else 0)
                      + measurements * (args.measure_s + drain_s) + 2 * args.headline_repeats * cold_s)
     return len(args.models) * len(args.contenders) * per_contender + args.soak_requests * cold_s / 8
 
@@ -122,7 +124,7 @@ def run_contender(contender, args, genai_capacity) -> dict:
               f"{summary['completed']} ok / {summary['failed']} failed", flush=True)
         return summary
 
-    if args.rates:
+    if args.rates is not None:
         for rate in args.rates:
             measure(rate, "given", args.measure_s)
     else:
@@ -138,6 +140,7 @@ def run_contender(contender, args, genai_capacity) -> dict:
             out["at_genai_80"] = measure(0.8 * genai_capacity, "80% genai cap", args.measure_s)
     if contender.name != "genai" and args.headline_repeats:
         out["headline"] = headline(contender, contender.prompts, args.headline_repeats)
+        print("  " + report.headline_line(contender.name, out["headline"]), flush=True)
     return out
 
 
@@ -184,15 +187,13 @@ def main(argv=None) -> int:
                     genai_capacity = results[name].get("capacity") or args.start_rate / 2
                 if index == 0 and name == "daemon-cache" and args.soak_requests:
                     results[name]["soak"] = soak(c, args.soak_requests)
+                    print("\n".join("  " + line for line in report.soak_lines(results[name]["soak"])), flush=True)
         everything["models"][model] = results
         report.print_table(f"{model}: customer-service workload (ms; rate = new conversations/s)",
                            [report.row(name, run["load"], run["rate"], run)
                             for name, r in results.items() for run in r["runs"]])
         for line in report.comparison_lines(results):
             print(line)
-        for name, r in results.items():
-            if "soak" in r:
-                print("\n".join(report.soak_lines(r["soak"])))
     print(f"took {(time.perf_counter() - started) / 60:.1f} min")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -63,13 +63,7 @@ def comparison_lines(results: dict) -> list[str]:
         if ours and theirs:
             lines.append(f"at 80% of genai's capacity, TTFT p50 daemon-cache / genai: "
                          f"{ratio(ours['ttft_p50_ms'], theirs['ttft_p50_ms'])} (Done when: <= 0.33x)")
-    for name, r in results.items():
-        head = r.get("headline")
-        if head:
-            lines.append(f"{name}: first token after a seen ~1,000-token prefix {spread(head['seen_s'])}, "
-                         f"after an unseen one {spread(head['unseen_s'])}: seen/unseen "
-                         f"{ratio(statistics.median(head['seen_s']), statistics.median(head['unseen_s']))} "
-                         "(Done when: <= 0.25x, aim 0.05x)")
+    lines += [headline_line(name, r["headline"]) for name, r in results.items() if r.get("headline")]
     heads = {n: results[n].get("headline") for n in ("daemon-cache", "openvino") if results.get(n, {}).get("headline")}
     if len(heads) == 2:
         ours, theirs = heads["daemon-cache"], heads["openvino"]
@@ -77,7 +71,16 @@ def comparison_lines(results: dict) -> list[str]:
                      f"{ratio(statistics.median(ours['seen_s']), statistics.median(theirs['seen_s']))} "
                      "(Done when: <= 1x); cold prefill daemon-cache / openvino: "
                      f"{ratio(statistics.median(ours['unseen_s']), statistics.median(theirs['unseen_s']))}")
+    for r in results.values():
+        lines += soak_lines(r["soak"]) if "soak" in r else []
     return lines
+
+
+def headline_line(name: str, head: dict) -> str:
+    return (f"{name}: first token after a seen ~1,000-token prefix {spread(head['seen_s'])}, after an unseen "
+            f"one {spread(head['unseen_s'])}: seen/unseen "
+            f"{ratio(statistics.median(head['seen_s']), statistics.median(head['unseen_s']))} "
+            "(Done when: <= 0.25x, aim 0.05x)")
 
 
 def soak_lines(figures: dict) -> list[str]:
