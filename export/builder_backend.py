@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from appliance.model_package import KVLayout, PrefillGraph
+from export.backend_fields import BackendFields
 from export.last_logits import slice_to_last_position
 from export.prefill_graph import weight_bytes, write_prefill_graph
 from export.quantize import QuantRecipe
@@ -24,7 +25,7 @@ TOOL = "onnxruntime_genai.models.builder"
 
 
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
-          cache_dir: Path, log_path: Path, phases, exclude: tuple[str, ...] = (), finish=None) -> dict:
+          cache_dir: Path, log_path: Path, phases, exclude: tuple[str, ...] = (), finish=None) -> BackendFields:
     """Runs the builder into staging; returns the manifest fields it determines. The model type,
     precision, target and recipe were checked before (cli.choose_backend, export/recipe.py).
     `exclude` names MatMuls the builder leaves unquantized, and finish(model_path) rewrites its graph
@@ -43,21 +44,21 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source.path), "-o", str(staging),
                "-p", precision, "-e", provider, "-c", str(cache_dir), "--extra_options", *options]
     _run_with_progress(command, log_path, phases, layers=int(source.config.get("num_hidden_layers", 0)))
-    fields = _read_genai_config(staging / "genai_config.json")
+    quantization = recipe.as_record(4 if precision == "int4" else 8, TOOL) if precision in ("int4", "int8") else {}
+    fields = _read_genai_config(staging / "genai_config.json", quantization)
     if finish is not None:
-        finish(staging / fields["model_file"])
-    fields["quantization"] = recipe.as_record(4 if precision == "int4" else 8, TOOL) if precision in ("int4", "int8") else {}
+        finish(staging / fields.model_file)
     # Prefill needs the last position's logits only: the LM head runs on that row alone.
-    slice_to_last_position(staging / fields["model_file"])
-    fields["logits"] = "last"
+    slice_to_last_position(staging / fields.model_file)
+    fields.logits = "last"
     if recipe.prefill_accuracy_level is not None:
-        fields["prefill_graph"] = _prefill_graph(staging, fields, recipe.prefill_accuracy_level)
+        fields.prefill_graph = _prefill_graph(staging, fields, recipe.prefill_accuracy_level)
     return fields
 
 
-def _prefill_graph(staging: Path, fields: dict, accuracy_level: int) -> PrefillGraph:
-    name = write_prefill_graph(staging, fields["model_file"], accuracy_level)
-    return PrefillGraph(file=name, quantization={**fields["quantization"], "accuracy_level": accuracy_level},
+def _prefill_graph(staging: Path, fields: BackendFields, accuracy_level: int) -> PrefillGraph:
+    name = write_prefill_graph(staging, fields.model_file, accuracy_level)
+    return PrefillGraph(file=name, quantization={**fields.quantization, "accuracy_level": accuracy_level},
                         weight_bytes=weight_bytes(staging, name))
 
 
@@ -82,7 +83,7 @@ def _ids(value) -> list[int]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _read_genai_config(path: Path) -> dict:
+def _read_genai_config(path: Path, quantization: dict) -> BackendFields:
     model = json.loads(path.read_text())["model"]
     decoder = model["decoder"]
     inputs, outputs = decoder["inputs"], decoder["outputs"]
@@ -97,6 +98,7 @@ def _read_genai_config(path: Path) -> dict:
         dtype="float32",  # corrected from the graph's signature by the caller
         shared_buffer=True,
     )
-    return {"model_file": decoder["filename"], "kv_layout": layout, "context_length": model["context_length"],
-            "vocab_size": model["vocab_size"], "eos_token_ids": _ids(model.get("eos_token_id")),
-            "bos_token_id": model.get("bos_token_id"), "pad_token_id": model.get("pad_token_id")}
+    return BackendFields(model_file=decoder["filename"], kv_layout=layout, context_length=model["context_length"],
+                         vocab_size=model["vocab_size"], quantization=quantization,
+                         eos_token_ids=_ids(model.get("eos_token_id")), bos_token_id=model.get("bos_token_id"),
+                         pad_token_id=model.get("pad_token_id"))

@@ -159,23 +159,23 @@ def _build(args, source: ModelSource, task: str, backend: str, precision: str, q
     finally:
         shutil.rmtree(work, ignore_errors=True)
     copy_tokenizer(source.path, staging)
-    _check_recipe(staging / fields["model_file"], fields["quantization"])
-    signature = io_signature(staging / fields["model_file"])
-    if fields.get("kv_layout") is not None:
-        past = next(t for t in signature.inputs if t.name == fields["kv_layout"].past_key % 0)
-        fields["kv_layout"] = fields["kv_layout"].model_copy(update={"dtype": past.dtype})
+    _check_recipe(staging / fields.model_file, fields.quantization)
+    signature = io_signature(staging / fields.model_file)
+    if fields.kv_layout is not None:
+        past = next(t for t in signature.inputs if t.name == fields.kv_layout.past_key % 0)
+        fields.kv_layout = fields.kv_layout.model_copy(update={"dtype": past.dtype})
     targets = [Target(name="cpu" if args.target == "cpu" else "cuda", onnxruntime_version=onnxruntime.__version__)]
     if args.target == "tensorrt":
         phases.begin("engine")
-        targets.append(tensorrt_backend.build_engine(staging, fields["model_file"], signature,
-                                                     fields["context_length"], onnxruntime.__version__))
+        targets.append(tensorrt_backend.build_engine(staging, fields.model_file, signature,
+                                                     fields.context_length, onnxruntime.__version__))
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, task=task, architecture=source.model_type, backend=backend,
         precision=precision, source=source.record, files=record_files(staging), io=signature,
         chat_template=_chat_template(source.path), targets=targets,
         exporter_version=appliance.__version__,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **fields,
+        **fields.manifest_fields(),
     )
     phases.begin("validate")
     figures = validate.run(source.path, staging, manifest, phases)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from export import builder_backend, quantize, sensitivity
+from export.backend_fields import BackendFields
 from export.quantize import QuantRecipe
 from export.recipe import BadOptions
 from export.source import ModelSource
@@ -160,9 +161,9 @@ def choose(scorer: DecoderScorer, candidates: Candidates, groups: dict[str, list
 
 
 def build(source: ModelSource, staging: Path, precision: str, target: str, recipe: QuantRecipe,
-          cache_dir: Path, log_path: Path, phases) -> dict:
+          cache_dir: Path, log_path: Path, phases) -> BackendFields:
     """builder_backend.build with the sensitivity pass and mixed precision; the same fields, with
-    the table, the rule and each MatMul's precision in fields["quantization"]."""
+    the table, the rule and each MatMul's precision in fields.quantization."""
     if target != "cpu":
         raise BadOptions(f"--keep-sensitive and --min-cosine measure on this host's CPU; the builder's {target} "
                          "graphs do not run here")
@@ -171,8 +172,8 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     fp32 = builder_backend.build(source, fp32_dir, "fp32", target, QuantRecipe(), cache_dir,
                                  log_path.with_name("builder-fp32.log"), phases)
     phases.begin("sensitivity")
-    scorer = DecoderScorer(fp32_dir, fp32["model_file"], fp32["kv_layout"], fp32["context_length"])
-    candidates = Candidates(fp32_dir, fp32["model_file"], bits, recipe)
+    scorer = DecoderScorer(fp32_dir, fp32.model_file, fp32.kv_layout, fp32.context_length)
+    candidates = Candidates(fp32_dir, fp32.model_file, bits, recipe)
     groups, table = measure(scorer, candidates, phases)
     rule, kept, tried = choose(scorer, candidates, groups, table, recipe)
     kept_nodes = [node for group in kept for node in groups[group]]
@@ -181,7 +182,7 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     fields = builder_backend.build(source, staging, precision, target, recipe, cache_dir, log_path, phases,
                                    exclude=tuple(kept_nodes), finish=raise_kept)
     up = quantize.kept_precision(bits)
-    fields["quantization"] |= {
+    fields.quantization |= {
         "sensitivity": {"measure": scorer.description, "groups": table},
         "mixed_precision": {"rule": rule, "kept_precision": up, "kept": len(kept), "kept_groups": kept,
                             "tried": tried},

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from appliance.model_package import KVLayout, Pooling
+from export.backend_fields import BackendFields
 from export.quantize import QuantRecipe, quantize
 from export.source import ExportError, ModelSource
 
@@ -65,7 +66,7 @@ def _context_length(config: dict) -> int:
 
 
 def export(source: ModelSource, staging: Path, task: str, precision: str, target: str,
-           recipe: QuantRecipe, work_dir: Path, phases) -> dict:
+           recipe: QuantRecipe, work_dir: Path, phases) -> BackendFields:
     """Exports, quantizes into staging/model.onnx; returns the manifest fields it determines."""
     from optimum.exporters.onnx import main_export
     import onnxruntime as ort
@@ -88,16 +89,16 @@ def export(source: ModelSource, staging: Path, task: str, precision: str, target
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     config = source.config
-    fields = {"model_file": MODEL_FILE, "context_length": _context_length(config),
-              "vocab_size": int(config.get("vocab_size", 0)), "pad_token_id": config.get("pad_token_id"),
-              "quantization": quantization}
+    fields = BackendFields(model_file=MODEL_FILE, context_length=_context_length(config),
+                           vocab_size=int(config.get("vocab_size", 0)), pad_token_id=config.get("pad_token_id"),
+                           quantization=quantization)
     if task == "text-generation":
-        fields.update(kv_layout=_kv_layout(inputs), eos_token_ids=_eos_ids(source),
-                      bos_token_id=config.get("bos_token_id"))
+        fields.kv_layout, fields.eos_token_ids = _kv_layout(inputs), _eos_ids(source)
+        fields.bos_token_id = config.get("bos_token_id")
     elif task == "feature-extraction":
-        pooling = _pooling_for(source, list(outputs))
-        fields.update(pooling=pooling, embedding_dim=int(outputs[pooling.output].shape[-1]))
+        fields.pooling = _pooling_for(source, list(outputs))
+        fields.embedding_dim = int(outputs[fields.pooling.output].shape[-1])
     else:
         id2label = config.get("id2label") or {}
-        fields["labels"] = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
+        fields.labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
     return fields

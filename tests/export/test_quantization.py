@@ -47,7 +47,7 @@ def test_a_broken_quantized_decoder_is_refused_unless_forced(sources, tmp_path, 
 
     def broken_build(source, staging, *args, **kwargs):
         fields = real_build(source, staging, *args, **kwargs)
-        assert break_graph(staging / fields["model_file"], fault) > 0
+        assert break_graph(staging / fields.model_file, fault) > 0
         return fields
 
     monkeypatch.setattr(builder_backend, "build", broken_build)
