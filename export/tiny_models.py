@@ -6,6 +6,9 @@ only the weights are random (so the generated text is gibberish, and the demo sa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from export.validation_texts import DECODER_PROMPT, SENTENCES
@@ -85,6 +88,28 @@ def make_decoder(out_dir: Path, architecture: str = "llama", hidden_size: int = 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def export_random_decoder(source: Path, packages: dict[str, list[str]], out_dir: Path, timeout_s: float = 900,
+                          **shape) -> dict[str, Path]:
+    """A random llama decoder of `shape` at source (made once), exported into out_dir/NAME once per
+    entry of `packages` (NAME -> exporter flags), skipping those already there. Benchmarks and
+    gpu-check measure speed, not quality, so --force: random weights may miss the quantized floors.
+    Raises RuntimeError naming the package and the exporter's last line."""
+    if not (source / "config.json").is_file():
+        make_decoder(source, "llama", **shape)
+    made = {}
+    for name, flags in packages.items():
+        target = out_dir / name
+        if not (target / "manifest.json").is_file():
+            done = subprocess.run([sys.executable, "-m", "export.cli", str(source), "--output", str(target),
+                                   "--force", *flags], capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                raise RuntimeError(f"export {name}: {lines[-1][:200] if lines else f'exit {done.returncode}'}")
+        made[name] = target
+    return made
 
 
 def make_gpt2(out_dir: Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:

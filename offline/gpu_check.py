@@ -167,24 +167,12 @@ def environment(check: Check, wheelhouse: Path | None, venv: Path) -> str | None
 def make_packages(out: Path) -> list[str]:
     """Exports the test and benchmark packages into out with this Python, which needs the export stack
     (torch, transformers, the builder); returns their names."""
-    from export.tiny_models import make_decoder  # the export stack: torch, transformers, the builder
+    from export.tiny_models import export_random_decoder  # the export stack: torch, transformers, the builder
 
     sources = REPO / "build" / "gpu-check-sources"  # not in out: only the packages travel
-    tiny = make_decoder(sources / "llama", "llama") if not (sources / "llama").is_dir() else sources / "llama"
-    bench = sources / "bench"
-    if not bench.is_dir():
-        make_decoder(bench, "llama", **BENCH_SHAPE)
-    made = []
-    for names, source in ((TEST_EXPORTS, tiny), (BENCH_EXPORTS, bench)):
-        for name, flags in names.items():
-            target = out / name
-            if not (target / "manifest.json").is_file():
-                done = _run([sys.executable, "-m", "export.cli", str(source), "--output", str(target), "--force", *flags],
-                            900)
-                if done.returncode != 0:
-                    raise RuntimeError(f"export {name}: {_last_line(done)}")
-            made.append(name)
-    return made
+    made = export_random_decoder(sources / "llama", TEST_EXPORTS, out)
+    made |= export_random_decoder(sources / "bench", BENCH_EXPORTS, out, **BENCH_SHAPE)
+    return list(made)
 
 
 def packages(check: Check, given: Path | None, work: Path) -> Path | None:

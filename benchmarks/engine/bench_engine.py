@@ -46,60 +46,27 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from roofline import read_bandwidth_gbs, step_weight_bytes  # noqa: E402 (this script's folder)
 
 CONCURRENCY = (1, 4, 8, 16)
 PROMPT_TOKENS = 32
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
-    from export.tiny_models import make_decoder
+    from export.tiny_models import export_random_decoder
 
     source = work / "src" / "smollm-135m"
-    if not (source / "config.json").is_file():
-        make_decoder(source, "llama", hidden_size=576, layers=30, heads=9, kv_heads=3, context_length=2048,
-                     intermediate_size=1536, vocab_size=32000)
-    packages = {"int4-b128": ["--precision", "int4", "--block-size", "128"],
-                "int4-b32": ["--precision", "int4", "--block-size", "32"],
-                "fp32-optimum": ["--backend", "optimum"]}
-    for name, args in packages.items():
-        out = work / "packages" / name
-        if not (out / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "export.cli", str(source), "--output", str(out), *args, "--force"],
-                           check=True, capture_output=True)
-    return source, {recipe: work / "packages" / recipe for recipe in ("int4-b128", "int4-b32")}, \
-        work / "packages" / "fp32-optimum"
+    made = export_random_decoder(source, {"int4-b128": ["--precision", "int4", "--block-size", "128"],
+                                          "int4-b32": ["--precision", "int4", "--block-size", "32"],
+                                          "fp32-optimum": ["--backend", "optimum"]}, work / "packages",
+                                 hidden_size=576, layers=30, heads=9, kv_heads=3, context_length=2048,
+                                 intermediate_size=1536, vocab_size=32000)
+    return source, {recipe: made[recipe] for recipe in ("int4-b128", "int4-b32")}, made["fp32-optimum"]
 
 
 def prompts(vocab: int, count: int) -> list[list[int]]:
     rng = np.random.default_rng(0)
     return [rng.integers(3, min(vocab, 1000), PROMPT_TOKENS).tolist() for _ in range(count)]
-
-
-def read_bandwidth_gbs() -> float:
-    """Streaming read bandwidth: sum a 1 GiB array with numpy (one pass, read-bound)."""
-    data = np.ones(1 << 28, np.float32)
-    data.sum()
-    best = min(_timed(data.sum) for _ in range(3))
-    return data.nbytes / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def step_weight_bytes(package: Path) -> int:
-    """Bytes of weights a decode step reads: everything but the embedding table (one row read)."""
-    import onnx
-
-    model = onnx.load(str(package / "model.onnx"), load_external_data=False)
-    total = 0
-    for init in model.graph.initializer:
-        length = next((int(e.value) for e in init.external_data if e.key == "length"), len(init.raw_data))
-        if "embed_tokens" not in init.name:
-            total += length
-    return total
 
 
 # ---- contenders: each returns (ttft_s, decode_tokens_per_s) for one batch ---------------------
