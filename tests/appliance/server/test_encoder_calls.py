@@ -1,5 +1,6 @@
 """Embed and Classify over gRPC: over-long texts refused, size limits, work stopped with the call."""
 
+import shutil
 import time
 
 import grpc
@@ -9,17 +10,16 @@ from appliance.client import ApplianceClient
 from appliance.server.config import load_config
 from appliance.v1 import inference_pb2 as pb
 from appliance.v1 import inference_pb2_grpc
-from export.tiny_models import minilm_dir
-from tests.conftest import InProcessDaemon, export_or_fail, free_port, wait_for
+from tests.conftest import InProcessDaemon, free_port, wait_for
 
 BATCH_TOKENS = 64  # a few short texts per sub-batch, so a call has many
 RUN_DELAY_S = 0.05
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
+def running(models_dir, tmp_path_factory):
     served = tmp_path_factory.mktemp("encoder-models")
-    export_or_fail(minilm_dir(), served / "minilm")
+    shutil.copytree(models_dir / "minilm", served / "minilm")  # the session's real MiniLM, not a fresh export
     config = load_config(None, {"server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
                                 "engine": {"encoder_batch_tokens": BATCH_TOKENS}})
     with InProcessDaemon(config) as daemon:
