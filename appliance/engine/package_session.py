@@ -126,9 +126,10 @@ def open_prefill_session(package_dir: Path, manifest: Manifest,
     if graph is None or options.prefill_graph == "off":
         return None
     session = open_package_session(package_dir, manifest, options, model_file=graph.file)
-    log.info("%s: prefill runs on %s (%s), about %.0f MB more memory for its own copy of the weights "
-             "([runtime] prefill_graph = \"off\" saves it)", package_dir.name, graph.file,
-             ", ".join(f"{k} {v}" for k, v in graph.quantization.items() if k in RECIPE_KEYS), graph.weight_bytes / 1e6)
+    recipe = ", ".join(f"{key} {value}" for key, value in graph.quantization.items() if key in RECIPE_KEYS)
+    log.info("%s: prefill runs on %s, up to %.0f MB more memory for its own copy of the weights "
+             "([runtime] prefill_graph = \"off\" saves it)", package_dir.name,
+             f"{graph.file} ({recipe})" if recipe else graph.file, graph.weight_bytes / 1e6)
     return session
 
 

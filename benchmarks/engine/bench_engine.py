@@ -14,8 +14,11 @@ ORTModelForCausalLM. With --package, the given builder packages (e.g. `--target 
 int4 ones for a GPU host) are measured instead, by this engine and by genai; --provider picks the
 execution provider (cpu, cuda, tensorrt) and --cuda-graph whether decode steps replay CUDA graphs.
 --baseline REV adds this engine with the shared-KV runner of git revision REV, so a runner change
-is compared with the one before it in the same run.
-Every contender gets the same prompts (32 tokens), greedy decoding, ignore-EOS, --threads threads.
+is compared with the one before it in the same run. --prefill-graph both measures this engine on a
+package that carries a prefill graph twice, prefilling on it and on the decode graph ([runtime]
+prefill_graph auto and off); --prompt-tokens 1000 shows the time to first token behind a long prompt.
+Every contender gets the same prompts (--prompt-tokens, 32 by default), greedy decoding, ignore-EOS,
+--threads threads.
 
 The contenders are loaded together and take turns, so the machine's drift falls on all of them.
 Printed per contender: batch-1 decode tokens/s and time to first token, and aggregate tokens/s at
@@ -64,9 +67,9 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     return source, {recipe: made[recipe] for recipe in ("int4-b128", "int4-b32")}, made["fp32-optimum"]
 
 
-def prompts(vocab: int, count: int) -> list[list[int]]:
+def prompts(vocab: int, count: int, length: int) -> list[list[int]]:
     rng = np.random.default_rng(0)
-    return [rng.integers(3, min(vocab, 1000), PROMPT_TOKENS).tolist() for _ in range(count)]
+    return [rng.integers(3, min(vocab, 1000), length).tolist() for _ in range(count)]
 
 
 # ---- contenders: each returns (ttft_s, decode_tokens_per_s) for one batch ---------------------
@@ -86,7 +89,7 @@ def baseline_runner(revision: str):
 
 class OurEngine:
     def __init__(self, package: Path, threads: int, rows: int, provider: str = "cpu", cuda_graph: str = "auto",
-                 runner_class=None, label: str = ""):
+                 runner_class=None, label: str = "", prefill_graph: str = "auto", context: int = 512):
         from tokenizers import Tokenizer
 
         from appliance.engine.engine import GenerationEngine
@@ -96,11 +99,15 @@ class OurEngine:
         from appliance.model_package import open_package
 
         manifest = open_package(package)
-        options = RuntimeOptions((provider,), intra_op_threads=threads, cuda_graph=cuda_graph)
+        options = RuntimeOptions((provider,), intra_op_threads=threads, cuda_graph=cuda_graph,
+                                 prefill_graph=prefill_graph)
         if runner_class is None:
-            runner = open_decoder_runner(package, manifest, options, max_batch=rows, max_context=512)
+            runner = open_decoder_runner(package, manifest, options, max_batch=rows, max_context=context)
         else:
-            runner = runner_class(package, manifest, options, max_batch=rows, context_length=512)
+            runner = runner_class(package, manifest, options, max_batch=rows, context_length=context)
+        if manifest.prefill_graph is not None:
+            split = getattr(runner, "prefill_session", None) is not None
+            label += f" (prefill on {manifest.prefill_graph.file})" if split else " (prefill graph off)"
         graphs = "on" if getattr(runner, "cuda_graph", False) else "off"
         on = "" if provider == "cpu" else f" [{runner.provider.removesuffix('ExecutionProvider')}, graphs {graphs}]"
         self.name = f"appliance engine {package.name}{label}{on}"
@@ -130,9 +137,10 @@ class OurEngine:
 
 
 class GenAI:
-    def __init__(self, package: Path, threads: int, work: Path):
+    def __init__(self, package: Path, threads: int, work: Path, prompt_tokens: int):
         import onnxruntime_genai as og
 
+        self.prompt_tokens = prompt_tokens
         self.name = f"onnxruntime-genai {package.name}"
         # A copy whose genai_config pins the thread count (the package itself stays untouched).
         copy = work / f"genai-copy-{package.name}"
@@ -150,7 +158,7 @@ class GenAI:
     def run(self, batch, tokens):
         og = self.og
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=PROMPT_TOKENS + tokens, do_sample=False, batch_size=len(batch))
+        params.set_search_options(max_length=self.prompt_tokens + tokens, do_sample=False, batch_size=len(batch))
         generator = og.Generator(self.model, params)
         start = time.perf_counter()
         generator.append_tokens(np.asarray(batch, np.int32))
@@ -252,6 +260,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure this engine with the shared-KV runner of git revision REV")
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per sequence")
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help="tokens per prompt")
+    parser.add_argument("--prefill-graph", choices=("auto", "off", "both"), default="auto",
+                        help="prefill on a package's prefill graph ([runtime] prefill_graph), or measure both")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per session")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median and spread)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
@@ -268,16 +279,21 @@ def parse_args() -> argparse.Namespace:
 
 
 def contenders(args, packages: dict, source, fp32) -> list:
-    rows = max(args.concurrency)
+    from appliance.model_package import read_manifest
+
+    rows, context = max(args.concurrency), max(512, args.prompt_tokens + args.tokens + 1)
+    settings = ("auto", "off") if args.prefill_graph == "both" else (args.prefill_graph,)
     made = []
     for package in packages.values():
-        made.append(("ours", lambda package=package: OurEngine(package, args.threads, rows, args.provider,
-                                                               args.cuda_graph)))
+        for setting in settings if read_manifest(package).prefill_graph is not None else settings[:1]:
+            made.append(("ours", lambda package=package, setting=setting: OurEngine(
+                package, args.threads, rows, args.provider, args.cuda_graph, prefill_graph=setting,
+                context=context)))
         if args.baseline:
             made.append(("ours", lambda package=package: OurEngine(
                 package, args.threads, rows, args.provider, args.cuda_graph, baseline_runner(args.baseline),
-                f" (runner of {args.baseline})")))
-        made.append(("genai", lambda package=package: GenAI(package, args.threads, args.work)))
+                f" (runner of {args.baseline})", context=context)))
+        made.append(("genai", lambda package=package: GenAI(package, args.threads, args.work, args.prompt_tokens)))
     if fp32 is not None:
         made += [("optimum", lambda: OptimumORT(fp32, args.threads)), ("torch", lambda: TorchHF(source, args.threads))]
     return [(key, make) for key, make in made if key not in args.skip]
@@ -338,7 +354,7 @@ def main() -> int:
     else:
         source, packages, fp32 = prepare(args.work)
         vocab = 32000
-    all_prompts = prompts(vocab, max(args.concurrency))
+    all_prompts = prompts(vocab, max(args.concurrency), args.prompt_tokens)
     on_cpu = args.provider == "cpu"
     bandwidth = read_bandwidth_gbs() if on_cpu else None
     weights = {name: step_weight_bytes(path) for name, path in packages.items()} if on_cpu else {}
@@ -355,7 +371,7 @@ def main() -> int:
         for contender in live:
             contender.close()
 
-    print(f"{', '.join(packages)} on {args.provider}; {PROMPT_TOKENS}-token prompts, {args.tokens} greedy tokens, "
+    print(f"{', '.join(packages)} on {args.provider}; {args.prompt_tokens}-token prompts, {args.tokens} greedy tokens, "
           f"{args.threads} threads, median (min-max) of {args.repeat} runs")
     if on_cpu:
         print(f"read bandwidth {bandwidth:.1f} GB/s; weights read per decode step: "

@@ -15,22 +15,15 @@ from appliance.engine.runners import open_decoder_runner
 from appliance.model_package import MANIFEST_NAME, open_package, record_files
 from export.last_logits import SLICE_NAME, slice_to_last_position
 from export.source import ExportError
+from tests.appliance.engine.greedy import greedy_path
 
 CPU = RuntimeOptions(("cpu",))
 PROMPT = [5, 9, 13, 2, 7, 11, 3, 8, 6, 4]
 
 
-def greedy(package, steps: int = 8, chunk: int = 4) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy tokens and every step's logits, the prompt prefilled in chunks of `chunk`."""
+def greedy(package, steps: int = 8) -> tuple[list[int], np.ndarray]:
     runner = open_decoder_runner(package, open_package(package), CPU, max_context=len(PROMPT) + steps + 1)
-    for start in range(0, len(PROMPT), chunk):
-        logits = runner.prefill(0, PROMPT[start:start + chunk], start)
-    steps_logits, tokens = [logits], [int(np.argmax(logits))]
-    while len(tokens) < steps:
-        logits = runner.decode(np.asarray([tokens[-1]]), np.asarray([len(PROMPT) + len(tokens) - 1]))[0].copy()
-        steps_logits.append(logits)
-        tokens.append(int(np.argmax(logits)))
-    return tokens, steps_logits
+    return greedy_path(runner, PROMPT, steps)
 
 
 def as_old_package(package, into):
@@ -75,7 +68,7 @@ def test_an_old_package_with_every_positions_logits_gives_the_same_tokens(models
     new_tokens, new_logits = greedy(new)
     assert new_tokens == old_tokens
     # The LM-head MatMul has M = 1 now, so rounding may differ; measured 0.0 on this package.
-    assert np.abs(np.stack(new_logits) - np.stack(old_logits)).max() < 1e-4
+    assert np.abs(new_logits - old_logits).max() < 1e-4
 
 
 def test_slicing_is_idempotent_and_needs_an_lm_head(models_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from appliance.errors import ConfigError, PackageError
 from appliance.model_package import MANIFEST_NAME, open_package, record_files
 from appliance.server.config import load_config
 from export.prefill_graph import weight_bytes
+from tests.appliance.engine.greedy import greedy_path
 
 PROMPT = [5, 9, 13, 2, 7, 11, 3, 8, 6, 4]
 STEPS = 8
@@ -47,17 +49,6 @@ def with_prefill_graph(package, into, listed: bool = True):
     return into
 
 
-def greedy(runner, chunk: int = 4) -> tuple[list[int], np.ndarray]:
-    for start in range(0, len(PROMPT), chunk):
-        logits = runner.prefill(0, PROMPT[start:start + chunk], start)
-    every, tokens = [logits], [int(np.argmax(logits))]
-    while len(tokens) < STEPS:
-        logits = runner.decode(np.asarray([tokens[-1]]), np.asarray([len(PROMPT) + len(tokens) - 1]))[0].copy()
-        every.append(logits)
-        tokens.append(int(np.argmax(logits)))
-    return tokens, np.stack(every)
-
-
 def open_runner(package, prefill_graph="auto"):
     return open_decoder_runner(package, open_package(package), RuntimeOptions(("cpu",), prefill_graph=prefill_graph),
                                max_context=len(PROMPT) + STEPS + 1)
@@ -68,10 +59,10 @@ def test_prefill_runs_on_the_prefill_graph_and_decode_reads_the_kv_it_wrote(mode
     runner = open_runner(package)
     assert runner.prefill_session is not None
     runner.prefill_session, runner.session = CountingSession(runner.prefill_session), CountingSession(runner.session)
-    tokens, logits = greedy(runner)
+    tokens, logits = greedy_path(runner, PROMPT, STEPS)
     assert runner.prefill_session.runs == 3 and runner.session.runs == STEPS - 1  # 3 prompt chunks, 7 steps
     # The decode graph never saw the prompt: its logits are right only if the prefill graph's KV is its KV.
-    single_tokens, single_logits = greedy(open_runner(models_dir / "llama"))
+    single_tokens, single_logits = greedy_path(open_runner(models_dir / "llama"), PROMPT, STEPS)
     assert tokens == single_tokens
     assert np.abs(logits - single_logits).max() < 1e-5
 
@@ -88,3 +79,11 @@ def test_a_prefill_graph_the_manifest_does_not_list_is_refused(models_dir, tmp_p
     package = with_prefill_graph(models_dir / "llama", tmp_path / "llama-split", listed=False)
     with pytest.raises(PackageError, match="prefill graph prefill.onnx is not listed in the manifest"):
         open_package(package)
+
+
+def test_the_load_log_states_the_memory_the_prefill_graph_adds(models_dir, tmp_path, caplog):
+    package = with_prefill_graph(models_dir / "llama", tmp_path / "llama-split")
+    with caplog.at_level(logging.INFO, logger="appliance.engine.package_session"):
+        open_runner(package)
+    megabytes = open_package(package).prefill_graph.weight_bytes / 1e6
+    assert f"prefill runs on prefill.onnx, up to {megabytes:.0f} MB more memory" in caplog.text
