@@ -53,10 +53,12 @@ def print_table(title: str, rows: list[list[str]]) -> None:
 def comparison_lines(results: dict) -> list[str]:
     """The issue's Done-when figures for one model's results ({contender: {...}})."""
     lines = []
-    capacities = {name: r.get("capacity") for name, r in results.items()}
-    lines.append("capacity (highest rate with TTFT p99 < 5 s; new conversations/s): " + ", ".join(
-        f"{name} {'below the lowest rate tried' if cap is None else f'{cap:.3f}'}" for name, cap in capacities.items()))
-    if "genai" in results and "daemon-cache" in results:
+    capacities = {name: r["capacity"] for name, r in results.items() if "capacity" in r}  # absent: not searched
+    if capacities:
+        lines.append("capacity (highest rate with TTFT p99 < 5 s; new conversations/s): " + ", ".join(
+            f"{name} {'below the lowest rate tried' if cap is None else f'{cap:.3f}'}"
+            for name, cap in capacities.items()))
+    if "genai" in capacities and "daemon-cache" in capacities:
         lines.append(f"capacity daemon-cache / genai: {ratio(capacities['daemon-cache'], capacities['genai'])} "
                      "(Done when: >= 1.3x)")
         ours, theirs = (results[n].get("at_genai_80") for n in ("daemon-cache", "genai"))

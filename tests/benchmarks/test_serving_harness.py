@@ -139,3 +139,5 @@ def test_the_comparison_states_the_issue_s_ratios():
     lines = comparison_lines({"genai": result(0.2, 900.0), "daemon-cache": result(0.4, 300.0)})
     assert "capacity daemon-cache / genai: 2.00x" in lines[1]
     assert "TTFT p50 daemon-cache / genai: 0.33x" in lines[2]
+    # Given rates, no search: no capacity is claimed.
+    assert not any("capacity" in line for line in comparison_lines({"genai": {"runs": []}}))
