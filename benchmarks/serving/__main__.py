@@ -189,9 +189,9 @@ def main(argv=None) -> int:
                     results[name]["soak"] = soak(c, args.soak_requests)
                     print("\n".join("  " + line for line in report.soak_lines(results[name]["soak"])), flush=True)
         everything["models"][model] = results
-        report.print_table(f"{model}: customer-service workload (ms; rate = new conversations/s)",
-                           [report.row(name, run["load"], run["rate"], run)
-                            for name, r in results.items() for run in r["runs"]])
+        rows = [report.row(name, run["load"], run["rate"], run) for name, r in results.items() for run in r["runs"]]
+        if rows:
+            report.print_table(f"{model}: customer-service workload (ms; rate = new conversations/s)", rows)
         for line in report.comparison_lines(results):
             print(line)
     print(f"took {(time.perf_counter() - started) / 60:.1f} min")
