@@ -135,7 +135,8 @@ class Scheduler:
             if request is None:
                 break
             hit = self._usable_hit(request) if request.row < 0 else []
-            start = request.prefilled or len(hit) * self._block_tokens  # one chunk per step
+            hit_tokens = len(hit) * self.cache.block_tokens if hit else 0
+            start = request.prefilled or hit_tokens  # one chunk per step
             chunk = self.config.prefill_chunk
             size = min(len(request.prompt_ids) - start, chunk - start % chunk)  # cut at multiples
             if size > budget and batch.prefills:
@@ -145,7 +146,7 @@ class Scheduler:
                 request.row = rows_taken
                 request.status = RequestStatus.PREFILLING
                 self.prefilling = request
-                self._admit(request, hit, batch)
+                self._admit(request, hit, hit_tokens, batch)
             batch.prefills.append(PrefillChunk(request, request.prompt_ids[start : start + size], start))
             budget -= size
             if start + size < len(request.prompt_ids):
@@ -155,10 +156,6 @@ class Scheduler:
         # Prompts completed in this batch become running rows, in row order, after the step.
         self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
         return batch
-
-    @property
-    def _block_tokens(self) -> int:
-        return self.cache.block_tokens if self.cache is not None else 1
 
     def _usable_hit(self, request: GenerationRequest) -> list:
         """The cached blocks a new request may copy: the longest cached prefix that leaves the
@@ -179,15 +176,15 @@ class Scheduler:
             hit.pop()
         return hit
 
-    def _admit(self, request: GenerationRequest, hit: list, batch: Batch) -> None:
+    def _admit(self, request: GenerationRequest, hit: list, hit_tokens: int, batch: Batch) -> None:
         """Pins the hit's blocks until the engine has copied them into the request's row."""
         if self.cache is None:
             return
-        self.cache.record_lookup(len(request.prompt_ids), len(hit) * self.cache.block_tokens)
+        self.cache.record_lookup(len(request.prompt_ids), hit_tokens)
         if hit:
             self.cache.pin(hit)
             request.pinned = hit
-            request.prefilled = request.prefix_hit = len(hit) * self.cache.block_tokens
+            request.prefilled = request.prefix_hit = hit_tokens
             batch.copies.append(CopyBlocks(request, request.row, tuple(b.slot for b in hit)))
 
     def copied(self, op: CopyBlocks) -> None:
