@@ -22,30 +22,42 @@ def test_drain_lets_a_stream_in_flight_finish_and_refuses_new_requests(models_di
     shutil.copytree(models_dir / "llama", served / "llama")
     config = load_config(None, {"server": {"models": served, "listen": f"127.0.0.1:{free_port()}"},
                                 "http": {"listen": "127.0.0.1:0"}})
-    body = {"model": "llama", "prompt": "story", "max_tokens": 40, "ignore_eos": True, "stream": True}
+    body = {"model": "llama", "prompt": "story", "max_tokens": 200, "ignore_eos": True, "stream": True}
 
     async def scenario():
         daemon = Daemon(config)
         await daemon.start()
         runner = daemon.registry.get("llama").engine.replicas[0].runner
-        gate = threading.Event()
+        # Decode runs freely until the stream's first event is out (the detokenizer may need a
+        # few tokens for it), then stops at the gate: the stream is in flight across the drain.
+        hold, gate, held = threading.Event(), threading.Event(), threading.Event()
         real_decode = runner.decode
-        runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]
+
+        def gated_decode(*args):
+            if hold.is_set():
+                held.set()
+                gate.wait(30)
+            return real_decode(*args)
+
+        runner.decode = gated_decode
         url = f"http://{daemon.http_address}/v1/completions"
         async with aiohttp.ClientSession() as session:
             async with session.post(url, json=body) as running:
                 first = await running.content.readline()
+                hold.set()
                 drain = asyncio.create_task(daemon.drain())
                 while not daemon.service.draining:
                     await asyncio.sleep(0.01)
                 async with session.post(url, json=body) as refused:
                     late = refused.status, refused.headers.get("Retry-After"), await refused.json()
+                stream_was_held = held.wait(10)
                 gate.set()
                 rest = await running.read()
             await drain
-        return first, late, rest
+        return first, late, rest, stream_was_held
 
-    first, (status, retry_after, refusal), rest = asyncio.run(scenario())
+    first, (status, retry_after, refusal), rest, stream_was_held = asyncio.run(scenario())
+    assert stream_was_held
     assert first.startswith(b"data: {")
     assert status == 503 and retry_after and refusal["error"]["type"] == "service_unavailable"
     assert b'"finish_reason":"length"' in rest and rest.endswith(b"data: [DONE]\n\n")
