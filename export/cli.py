@@ -362,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         phases = Phases(quiet=args.json or not sys.stderr.isatty())
+        # Validation and --precision auto run the package as the daemon does, subnormals flushed
+        # ([runtime] flush_denormals' default); in time, before any session exists.
+        from appliance.engine.providers import flush_denormals_on_this_thread
+
+        flush_denormals_on_this_thread()
         # stdout carries the result only: some quantizers print progress there (gptq does).
         with contextlib.redirect_stdout(sys.stderr):
             summary = export_package(args, phases)

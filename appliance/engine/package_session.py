@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -125,7 +126,8 @@ def open_prefill_session(package_dir: Path, manifest: Manifest,
     graph = manifest.prefill_graph
     if graph is None or options.prefill_graph == "off":
         return None
-    session = open_package_session(package_dir, manifest, options, model_file=graph.file)
+    session = open_package_session(package_dir, manifest, replace(options, thread_spinning=False),
+                                   model_file=graph.file)
     recipe = ", ".join(f"{key} {value}" for key, value in graph.quantization.items() if key in RECIPE_KEYS)
     log.info("%s: prefill runs on %s, up to %.0f MB more memory for its own copy of the weights "
              "([runtime] prefill_graph = \"off\" saves it)", package_dir.name,

@@ -29,6 +29,11 @@ class RuntimeOptions:
     device_id: int = 0
     # Whether a decoder prefills on its package's prefill graph where it carries one ([runtime] prefill_graph).
     prefill_graph: Literal["auto", "off"] = "auto"
+    # Whether ORT's CPU threads flush subnormal floats to zero ([runtime] flush_denormals).
+    flush_denormals: bool = True
+    # Whether idle intra-op threads spin waiting for work. A decoder's prefill session does not:
+    # spinning after its chunk, its threads would take the cores the decode session's steps need.
+    thread_spinning: bool = True
 
 
 def device_name(provider: str, device_id: int) -> str:
@@ -69,7 +74,32 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
     # Our own engine thread drives the steps; ORT's inter-op pool would only add contention.
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3
+    if options.flush_denormals:
+        # Softmax over a long context yields subnormal probabilities, and x86 computes on those
+        # through a microcode assist, tens of times slower: unflushed, attention took two thirds
+        # of a 1,000-token prefill (benchmarks/engine/bench_engine.py --flush-denormals both).
+        session_options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if not options.thread_spinning:
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_path, session_options, providers=provider_list(options, cuda_graph))
+
+
+# A one-node ONNX model, y = Identity(x) over float[1] at opset 17, serialized (the daemon does
+# not depend on the onnx package; tests/appliance/engine/test_providers.py rebuilds it with onnx).
+IDENTITY_MODEL = (b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05flushZ\x0f\n\x01x\x12\n\n\x08\x08'
+                  b'\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11')
+
+
+def flush_denormals_on_this_thread() -> None:
+    """Makes this thread flush subnormal floats to zero, and every thread it starts from then on
+    (a thread inherits its creator's floating-point mode). ORT sets the mode of its own pool
+    threads per session, but that of a calling thread only once per process: on the thread that
+    constructs the process's first session, and only if that session asks for it. The engine's
+    step thread, which computes its share of every kernel, constructs none. So the daemon calls
+    this on its main thread before any session exists and before it starts any other thread."""
+    session_options = ort.SessionOptions()
+    session_options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    ort.InferenceSession(IDENTITY_MODEL, session_options, providers=["CPUExecutionProvider"])
 
 
 def query_gpu(field: str) -> Optional[str]:

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from appliance.engine.providers import RuntimeOptions
+from appliance.engine.providers import RuntimeOptions, flush_denormals_on_this_thread
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.errors import ApplianceError, ConfigError, Draining
 from appliance.openai_http.server import HttpDoor
@@ -115,8 +115,11 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier(None)
         self.watchdog_s = watchdog_s
+        if config.runtime.flush_denormals:
+            flush_denormals_on_this_thread()  # before any thread starts: they inherit the mode
         runtime = RuntimeOptions(tuple(config.runtime.providers), config.runtime.intra_op_threads,
-                                 config.runtime.cuda_graph, prefill_graph=config.runtime.prefill_graph)
+                                 config.runtime.cuda_graph, prefill_graph=config.runtime.prefill_graph,
+                                 flush_denormals=config.runtime.flush_denormals)
         engine = config.engine
         scheduling = SchedulerConfig(max_batch=engine.max_batch, max_step_tokens=engine.max_step_tokens,
                                      prefill_chunk=engine.prefill_chunk, max_queue=config.server.max_queue,

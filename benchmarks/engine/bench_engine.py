@@ -89,7 +89,8 @@ def baseline_runner(revision: str):
 
 class OurEngine:
     def __init__(self, package: Path, threads: int, rows: int, provider: str = "cpu", cuda_graph: str = "auto",
-                 runner_class=None, label: str = "", prefill_graph: str = "auto", context: int = 512):
+                 runner_class=None, label: str = "", prefill_graph: str = "auto", context: int = 512,
+                 flush_denormals: bool = True):
         from tokenizers import Tokenizer
 
         from appliance.engine.engine import GenerationEngine
@@ -100,7 +101,7 @@ class OurEngine:
 
         manifest = open_package(package)
         options = RuntimeOptions((provider,), intra_op_threads=threads, cuda_graph=cuda_graph,
-                                 prefill_graph=prefill_graph)
+                                 prefill_graph=prefill_graph, flush_denormals=flush_denormals)
         if runner_class is None:
             runner = open_decoder_runner(package, manifest, options, max_batch=rows, max_context=context)
         else:
@@ -108,6 +109,8 @@ class OurEngine:
         if manifest.prefill_graph is not None:
             split = getattr(runner, "prefill_session", None) is not None
             label += f" (prefill on {manifest.prefill_graph.file})" if split else " (prefill graph off)"
+        if not flush_denormals:
+            label += " (denormals kept)"
         graphs = "on" if getattr(runner, "cuda_graph", False) else "off"
         on = "" if provider == "cpu" else f" [{runner.provider.removesuffix('ExecutionProvider')}, graphs {graphs}]"
         self.name = f"appliance engine {package.name}{label}{on}"
@@ -263,6 +266,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help="tokens per prompt")
     parser.add_argument("--prefill-graph", choices=("auto", "off", "both"), default="auto",
                         help="prefill on a package's prefill graph ([runtime] prefill_graph), or measure both")
+    parser.add_argument("--flush-denormals", choices=("on", "off"), default="on",
+                        help="whether this engine flushes subnormal floats ([runtime] flush_denormals); the "
+                             "mode holds for the whole process, so compare the two in two runs")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per session")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median and spread)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
@@ -288,7 +294,7 @@ def contenders(args, packages: dict, source, fp32) -> list:
         for setting in settings if read_manifest(package).prefill_graph is not None else settings[:1]:
             made.append(("ours", lambda package=package, setting=setting: OurEngine(
                 package, args.threads, rows, args.provider, args.cuda_graph, prefill_graph=setting,
-                context=context)))
+                context=context, flush_denormals=args.flush_denormals == "on")))
         if args.baseline:
             made.append(("ours", lambda package=package: OurEngine(
                 package, args.threads, rows, args.provider, args.cuda_graph, baseline_runner(args.baseline),
@@ -346,6 +352,10 @@ def print_ratios(args, results: dict, packages: dict, weights: dict, bandwidth) 
 def main() -> int:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.flush_denormals == "on":  # as the daemon does: before any session, so every thread flushes
+        from appliance.engine.providers import flush_denormals_on_this_thread
+
+        flush_denormals_on_this_thread()
     if args.package:
         from appliance.model_package import open_package
 

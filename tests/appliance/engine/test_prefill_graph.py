@@ -67,6 +67,18 @@ def test_prefill_runs_on_the_prefill_graph_and_decode_reads_the_kv_it_wrote(mode
     assert np.abs(logits - single_logits).max() < 1e-5
 
 
+def test_the_prefill_sessions_threads_sleep_between_runs_and_the_decode_sessions_spin(models_dir, tmp_path):
+    # Spinning after its chunk, the prefill session's threads would take the cores decode needs.
+    def spinning(session):
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # never set: ORT's default, which spins
+            return "1"
+
+    runner = open_runner(with_prefill_graph(models_dir / "llama", tmp_path / "llama-split"))
+    assert spinning(runner.prefill_session) == "0" and spinning(runner.session) == "1"
+
+
 def test_prefill_graph_off_never_loads_it(models_dir, tmp_path):
     package = with_prefill_graph(models_dir / "llama", tmp_path / "llama-split")
     assert open_runner(package, prefill_graph="off").prefill_session is None
