@@ -86,6 +86,25 @@ def models_dir(tmp_path_factory, request) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def minilm_fp32(sources, tmp_path_factory) -> Path:
+    """The real all-MiniLM-L6-v2 at fp32, exported once for every test that reads it."""
+    return export_or_fail(sources["minilm"], tmp_path_factory.mktemp("minilm-fp32") / "minilm")
+
+
+@pytest.fixture(scope="session")
+def llama_int4(sources, tmp_path_factory) -> Path:
+    """The tiny llama as plain `--precision int4` writes it, exported once for every test that reads it."""
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("llama-int4") / "llama-int4", "--precision", "int4")
+
+
+@pytest.fixture(scope="session")
+def llama_int4_b128(sources, tmp_path_factory) -> Path:
+    """The tiny llama at int4 in blocks of 128, exported once for every test that reads it."""
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("llama-int4-b128") / "llama-b128",
+                          "--precision", "int4", "--block-size", "128")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

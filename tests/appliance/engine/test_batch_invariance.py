@@ -19,16 +19,9 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.model_package import open_package
 from tests.appliance.engine.streams import collect_many
-from tests.conftest import export_or_fail
 
 PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
            "A", "Can I change the delivery address after checkout?", "你好", "Password reset", "Invoice with VAT"]
-
-
-@pytest.fixture(scope="module")
-def block128(sources, tmp_path_factory):
-    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("b128") / "llama-b128",
-                          "--precision", "int4", "--block-size", "128")
 
 
 def open_runner(path, max_batch=8):
@@ -55,8 +48,8 @@ def alone_and_batched(path, runner, temperature, **scheduling):
     return alone, together
 
 
-def test_the_probe_reports_what_it_measured(block128):
-    report = probe(open_runner(block128), "always")
+def test_the_probe_reports_what_it_measured(llama_int4_b128):
+    report = probe(open_runner(llama_int4_b128), "always")
     assert report.holds and report.row_quantum in (1, 2, 4)
     assert report.batch_sizes == (2, 3, 4, 5, 8)
     assert len(set(report.prompt_lengths)) > 3
@@ -64,43 +57,43 @@ def test_the_probe_reports_what_it_measured(block128):
     assert record["row_quantum"] == report.row_quantum and record["decode_steps"] >= 2
 
 
-def test_off_pads_nothing_and_says_whether_it_holds(block128):
-    runner = open_runner(block128)
+def test_off_pads_nothing_and_says_whether_it_holds(llama_int4_b128):
+    runner = open_runner(llama_int4_b128)
     report = probe(runner, "off")
     assert runner.row_quantum == 1 and report.row_quantum == 1
-    assert report.holds == (probe(open_runner(block128), "always").row_quantum == 1)
+    assert report.holds == (probe(open_runner(llama_int4_b128), "always").row_quantum == 1)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_with_the_probes_padding_tokens_and_logprobs_are_identical_alone_and_batched(block128, temperature):
-    runner = open_runner(block128)
+def test_with_the_probes_padding_tokens_and_logprobs_are_identical_alone_and_batched(llama_int4_b128, temperature):
+    runner = open_runner(llama_int4_b128)
     assert probe(runner, "always").holds
-    alone, together = alone_and_batched(block128, runner, temperature)
+    alone, together = alone_and_batched(llama_int4_b128, runner, temperature)
     assert together == alone  # token ids and every logprob, bit for bit
     assert len({tuple(tokens) for tokens, _ in alone}) > 1
 
 
-def test_padding_decides_the_outcome_where_the_probe_needs_it(block128):
-    needed = probe(open_runner(block128), "always").row_quantum
+def test_padding_decides_the_outcome_where_the_probe_needs_it(llama_int4_b128):
+    needed = probe(open_runner(llama_int4_b128), "always").row_quantum
     if needed == 1:
         pytest.skip("block 128 is batch-invariant without padding on this host")
-    alone, together = alone_and_batched(block128, open_runner(block128), 0.0)  # no padding
+    alone, together = alone_and_batched(llama_int4_b128, open_runner(llama_int4_b128), 0.0)  # no padding
     assert together != alone
 
 
-def test_spare_rows_never_disturb_a_prompt_being_prefilled_in_chunks(block128):
+def test_spare_rows_never_disturb_a_prompt_being_prefilled_in_chunks(llama_int4_b128):
     """With padding, a decode step's spare row may be the row a long prompt is prefilling in."""
-    runner = open_runner(block128)
+    runner = open_runner(llama_int4_b128)
     runner.set_row_quantum(4)
-    alone, together = alone_and_batched(block128, runner, 0.0, prefill_chunk=4, max_step_tokens=16)
-    reference_runner = open_runner(block128)
+    alone, together = alone_and_batched(llama_int4_b128, runner, 0.0, prefill_chunk=4, max_step_tokens=16)
+    reference_runner = open_runner(llama_int4_b128)
     reference_runner.set_row_quantum(4)
-    reference, _ = alone_and_batched(block128, reference_runner, 0.0)
+    reference, _ = alone_and_batched(llama_int4_b128, reference_runner, 0.0)
     assert together == alone == reference
 
 
-def test_a_spare_row_leaves_the_rows_it_pads_with_as_they_were(block128):
-    runner = open_runner(block128, max_batch=4)
+def test_a_spare_row_leaves_the_rows_it_pads_with_as_they_were(llama_int4_b128):
+    runner = open_runner(llama_int4_b128, max_batch=4)
     runner.set_row_quantum(4)
     runner.prefill(1, [5, 6, 7], 0)  # row 1 holds 3 positions; row 0 decodes alone
     runner.prefill(0, [9, 8], 0)
@@ -116,13 +109,13 @@ def row_of(runner, buffer, row):
     return runner.device.read(buffer, row * buffer.row_size, buffer.row_size).reshape(buffer.shape[1:]).copy()
 
 
-def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(block128, caplog):
+def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(llama_int4_b128, caplog):
     import logging
 
     from appliance.registry import ModelRegistry
 
     caplog.set_level(logging.INFO, logger="appliance.registry")
-    registry = ModelRegistry(block128.parent, RuntimeOptions(intra_op_threads=1), SchedulerConfig(max_batch=4),
+    registry = ModelRegistry(llama_int4_b128.parent, RuntimeOptions(intra_op_threads=1), SchedulerConfig(max_batch=4),
                              batch_invariance="always")
     try:
         registry.load_all()

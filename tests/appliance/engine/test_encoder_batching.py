@@ -16,8 +16,7 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.errors import InvalidRequest
 from appliance.model_package import open_package
 from appliance.registry import load_tokenizer
-from export.tiny_models import make_bert, minilm_dir
-from tests.conftest import REPO, export_or_fail
+from tests.conftest import REPO
 
 CPU = RuntimeOptions(intra_op_threads=1)
 WORDS = ["order", "parcel", "refund", "delivery", "customer", "invoice", "address", "shipping", "the", "and",
@@ -29,11 +28,8 @@ def texts_of(count: int, max_words: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def minilm_fp32(tmp_path_factory):
-    """The real all-MiniLM-L6-v2 at fp32: int8's dynamic activation scales depend on the whole
-    batch, so only fp32 results can be compared across batchings."""
-    return export_or_fail(minilm_dir(), tmp_path_factory.mktemp("encoders") / "minilm")
+# minilm_fp32 (tests/conftest.py): the real all-MiniLM-L6-v2 at fp32. int8's dynamic activation
+# scales depend on the whole batch, so only fp32 results can be compared across batchings.
 
 
 def open_embedder(package, max_batch_tokens: int) -> Embedder:
@@ -57,10 +53,10 @@ def test_plan_batches_keeps_each_padded_batch_within_budget(lengths, budget):
 
 
 def test_sub_batched_embeddings_equal_one_batch(minilm_fp32):
-    texts = texts_of(48, 400)
-    one, small = open_embedder(minilm_fp32, 10**9), open_embedder(minilm_fp32, 1024)
+    texts = texts_of(32, 200)
+    one, small = open_embedder(minilm_fp32, 10**9), open_embedder(minilm_fp32, 512)
     lengths = [len(t) for t in small.encoder.tokenize(texts)]
-    assert len(plan_batches(lengths, 1024)) > 10
+    assert len(plan_batches(lengths, 512)) > 10
     expected, expected_tokens = one.embed(texts, normalize=True)
     vectors, tokens = small.embed(texts, normalize=True)
     assert tokens == expected_tokens == sum(lengths)
@@ -97,8 +93,8 @@ def test_stop_ends_the_work_between_sub_batches(minilm_fp32):
     assert len(runs) == 1
 
 
-def test_classifier_sub_batches_give_the_one_batch_probabilities(tmp_path):
-    package = export_or_fail(make_bert(tmp_path / "src", task="text-classification"), tmp_path / "intents")
+def test_classifier_sub_batches_give_the_one_batch_probabilities(models_dir):
+    package = models_dir / "intents"  # the tiny BERT text classifier, fp32
     manifest = open_package(package)
     classifier = Classifier(package, manifest, load_tokenizer(package), CPU, max_batch_tokens=64)
     texts = texts_of(24, 12, seed=1)

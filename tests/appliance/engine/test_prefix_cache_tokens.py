@@ -15,14 +15,8 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.model_package import open_package
 from tests.appliance.engine.streams import collect_many
-from tests.conftest import export_or_fail
 
 CHUNK, BLOCK = 32, 8
-
-
-@pytest.fixture(scope="module")
-def int4_package(sources, tmp_path_factory):
-    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("int4") / "llama-int4", "--precision", "int4")
 
 
 def engine_for(path, prefix_cache_bytes):
@@ -51,7 +45,7 @@ def outputs(events):
 
 @pytest.mark.parametrize("package", ["fp32", "int4"])
 def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, models_dir, request):
-    path = models_dir / "llama" if package == "fp32" else request.getfixturevalue("int4_package")
+    path = models_dir / "llama" if package == "fp32" else request.getfixturevalue("llama_int4")
     jobs = jobs_behind_a_shared_prefix(open_package(path).vocab_size)
     cold = engine_for(path, 0)
     try:

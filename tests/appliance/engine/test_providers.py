@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from appliance.engine.providers import (IDENTITY_MODEL, RuntimeOptions, create_session, flush_denormals_on_this_thread,
+from appliance.engine.providers import (IDENTITY_MODEL, RuntimeOptions, create_session,
                                         query_gpu)
 from tests.conftest import REPO
 
