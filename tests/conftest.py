@@ -1,11 +1,14 @@
 """Shared fixtures: tiny random models of real architectures, exported once per session.
 
-Fixtures write only under pytest's temporary folders and never change global state.
+Fixtures write only under pytest's temporary folders. Exports run in the test process; besides
+HF_HUB_OFFLINE, the global state they leave is the export CLI's own (its subnormal-flush mode).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import socket
 import subprocess
@@ -16,6 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Exports run in this process too (export_or_fail): no test may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,8 +45,15 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
 
 
 def export_or_fail(source: Path, output: Path, *extra: str) -> Path:
-    done = run_export(str(source), "--output", str(output), *extra)
-    assert done.returncode == 0, done.stderr[-2000:]
+    """Exports through the CLI's main in this process: importing the export stack is 5 of the 6 s a
+    tiny export takes in a fresh interpreter, paid here once per session. Tests of what the command
+    prints or exits with use run_export, a real process."""
+    from export.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main([str(source), "--output", str(output), *extra])
+    assert code == 0, printed.getvalue()[-2000:]
     return output
 
 
