@@ -32,14 +32,9 @@ MATRIX = [(name, backend, precision)
 IN_MODELS_DIR = {("llama", "fp32"), ("qwen2", "fp32"), ("gpt2", "fp32")}
 # Exported with these very flags by a session fixture (tests/conftest.py) that other tests read too.
 SESSION_PACKAGES = {("llama", "int4"): "llama_int4"}
-# mistral and phi3 leave the builder as llama-shaped graphs: their fp32 export proves the builder
-# takes the architecture, and quantizing those graphs is what llama's and qwen2's cells already
-# check. Their int8 and int4 cells run with the slow tests.
-QUANTIZED_ELSEWHERE = {("mistral", "int8"), ("mistral", "int4"), ("phi3", "int8"), ("phi3", "int4")}
 
 
-@pytest.mark.parametrize("name,backend,precision", [
-    pytest.param(*cell, marks=pytest.mark.slow) if (cell[0], cell[2]) in QUANTIZED_ELSEWHERE else cell for cell in MATRIX])
+@pytest.mark.parametrize("name,backend,precision", MATRIX)
 def test_every_architecture_exports_at_every_cpu_precision(request, sources, models_dir, tmp_path, name, backend,
                                                            precision):
     if (name, precision) in IN_MODELS_DIR and (models_dir / name / "manifest.json").is_file():
