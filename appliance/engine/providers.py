@@ -76,8 +76,8 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
     session_options.log_severity_level = 3
     if options.flush_denormals:
         # Softmax over a long context yields subnormal probabilities, and x86 computes on those
-        # through a microcode assist, tens of times slower: unflushed, attention took two thirds
-        # of a 1,000-token prefill (benchmarks/engine/bench_engine.py --flush-denormals both).
+        # through a microcode assist, tens of times slower: unflushed, attention took three times
+        # as long in a 1,000-token prefill (bench_engine.py --prompt-tokens 1000 --flush-denormals off).
         session_options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if not options.thread_spinning:
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -74,8 +74,9 @@ class RuntimeConfig(_Section):
     # graph's): auto where the package carries one; off never loads it, which saves its memory
     # (a second copy of the weights).
     prefill_graph: Literal["auto", "off"] = "auto"
-    # CPU sessions flush subnormal floats to zero (ORT's session.set_denormal_as_zero), which halves a
-    # long prompt's prefill on x86; false computes on them exactly, as ORT does by default.
+    # ORT's threads and the daemon's flush subnormal floats to zero (ORT's session.set_denormal_as_zero):
+    # x86 computes on them many times slower, and a long context's softmax makes them (README);
+    # false computes on them exactly, as ORT does by default.
     flush_denormals: bool = True
     # Devices the decoder replicas run on, "cpu" or "cuda:N": [engine] replicas engines on each
     # (devices = ["cuda:0", "cuda:1"] with replicas = 2 is four engines, replica i on
