@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random models of real architectures, exported once per session.
 
-Fixtures write only under pytest's temporary folders. Exports run in the test process; besides
-HF_HUB_OFFLINE, the global state they leave is the export CLI's own (its subnormal-flush mode).
+Fixtures write only under pytest's temporary folders. Exports run in the test process, and leave
+the export CLI's own global state there: TOKENIZERS_PARALLELISM and its subnormal-flush mode.
 """
 
 from __future__ import annotations
