@@ -271,11 +271,11 @@ class SharedKVRunner:
         (blocks * B) * D apart in the pool and C * D apart in the row."""
         layout, copy, size = self.layout, self.device.copy_between, self._block_tokens
         row_pitch, heads = self.context_length * layout.head_dim, layout.num_kv_heads
+        pool_pitch = self._pool[0].shape[1] * layout.head_dim  # every layer's pool has one shape
         for first, position, count in _runs(blocks, size):
-            width = count * size * layout.head_dim
+            width, at_pool = count * size * layout.head_dim, first * size * layout.head_dim
             for pool, kv in zip(self._pool, self._kv):
-                at_row, at_pool = slot * kv.row_size + position * layout.head_dim, first * size * layout.head_dim
-                pool_pitch = pool.shape[1] * layout.head_dim
+                at_row = slot * kv.row_size + position * layout.head_dim
                 if to_row:
                     copy(pool, at_pool, pool_pitch, kv, at_row, row_pitch, width, heads)
                 else:

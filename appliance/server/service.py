@@ -32,10 +32,6 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     def __init__(self, core: InferenceCore):
         self.core = core
 
-    def finished(self, call: CallInfo, status: grpc.StatusCode) -> None:
-        """The core's one metering, which the Admin service's calls go through too."""
-        self.core.finished(call, status)
-
     def _metered(self, rpc: str, context: grpc.aio.ServicerContext) -> MeteredCall:
         return MeteredCall(rpc, context, self.core.finished)
 
