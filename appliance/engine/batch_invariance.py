@@ -9,6 +9,9 @@ tile sends every row down one path. Which quantum that takes depends on the host
 set, the package's recipe and the ORT build, so it is measured, not assumed: `probe` fills rows
 with prompts of mixed lengths, decodes them at several batch sizes and positions, and compares
 every row's logits bit for bit with the same sequence decoded alone.
+
+The same goes for where a prompt is cut into chunks: `probe_hit_quantum` measures where a
+prefix-cache hit may end, and its rest run as one chunk, and still give the cold prompt's logits.
 """
 
 from __future__ import annotations
@@ -134,6 +137,57 @@ def probe(runner: Runner, policy: Policy = "auto", seed: int = 0) -> InvarianceR
         return report(True, quantum, cost, f"holds with decode steps padded to a multiple of {quantum} rows")
     runner.set_row_quantum(1)
     return report(False, 1, 0.0, f"does not hold, even with decode steps padded to any of {runner.row_quanta} rows")
+
+
+
+def _last_logits(runner: Runner, prompt: list[int], pieces: list[tuple[int, int]]) -> np.ndarray:
+    """Prefills row 0 piece by piece ([start, end) each, a later piece rewriting positions an
+    earlier one wrote) and returns the last piece's logits; leaves row 0 empty."""
+    for start, end in pieces:
+        logits = runner.prefill(0, prompt[start:end], start).copy()
+    runner.release(0)
+    return logits
+
+
+def _rest_pieces(start: int, end: int, chunk: int) -> list[tuple[int, int]]:
+    """How the scheduler cuts [start, end): in one piece where it fits in a chunk (from a hit's
+    end, with hit_quantum), else at multiples of `chunk` (a cold prompt's cuts, from 0)."""
+    if end - start <= chunk:
+        return [(start, end)]
+    cuts = [start] + list(range((start // chunk + 1) * chunk, end, chunk)) + [end]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def probe_hit_quantum(runner: Runner, chunk: int, block: int, seed: int = 0) -> tuple[int, str]:
+    """The scheduler's hit_quantum for this runner, and a note: the finest q (1, 2, 4, ... up to
+    `block`) at which a prefix-cache hit may end and its rest, cut as the scheduler cuts it, still
+    give the logits of the cold prompt's chunks bit for bit; 0 where not even whole-block hits do.
+
+    The hit's KV is what the cold prefill wrote at multiples of `chunk`. For each q the rest starts
+    at q past a block boundary (at the boundary for q = block): across a multiple of `chunk`, inside
+    one chunk, and longer than a chunk, over prompts of odd and even length (a lone last row takes
+    another kernel path on some hosts). The runner must hold no sequence.
+    """
+    rng = np.random.default_rng(seed)
+    quanta = [q for q in (1, 2, 4, 8, 16, 32, 64) if q < block and block % q == 0] + [block]
+    for quantum in quanta:
+        past = quantum % block
+        cases = [(chunk - block + past, chunk + 5), (block + past, min(chunk, 3 * block + 6)),
+                 (chunk - block + past, 2 * chunk + 3)]  # (hit end, prompt length)
+        cases = [(hit, n) for hit, n in cases if 0 < hit and hit + 2 <= n <= runner.context_length]
+        if not cases:
+            return 0, "not measured: the context is too short for the probe"
+        for hit, n in cases:
+            prompt = [int(t) for t in rng.integers(0, runner.vocab_size, n)]
+            cold = _rest_pieces(0, n, chunk)
+            # The hit's KV as the cold prefill wrote it, then the rest again over it.
+            cached = [piece for piece in cold if piece[0] < hit] + _rest_pieces(hit, n, chunk)
+            if not np.array_equal(_last_logits(runner, prompt, cold), _last_logits(runner, prompt, cached)):
+                break
+        else:
+            where = "anywhere" if quantum == 1 else f"at multiples of {quantum} tokens"
+            return quantum, f"a hit may end {where}, and its rest runs as one chunk where it fits"
+    return 0, "a hit's rest prefills in the cold prompt's chunks: one chunk from its end changed the logits"
 
 
 _ISA_FLAGS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "neon", "asimddp")

@@ -54,7 +54,7 @@ class Runner(Protocol):
     def release(self, slot: int) -> None: ...
 
     # A runner that keeps a prefix cache also has allocate_prefix_pool(block_tokens, budget_bytes)
-    # -> (slots, block_bytes), load_blocks(slot, pool_slots) and store_blocks(slot, ((pool_slot,
+    # -> (slots, block_bytes), load_blocks(slot, pool_slots, length) and store_blocks(slot, ((pool_slot,
     # position), ...)) (SharedKVRunner); one without them serves with the cache off.
 
 
@@ -275,7 +275,7 @@ class GenerationEngine:
             elif isinstance(op, StoreBlocks):
                 runner.store_blocks(op.row, op.blocks)
             else:
-                runner.load_blocks(op.row, op.slots)
+                runner.load_blocks(op.row, op.slots, op.length)
                 self.scheduler.copied(op)
 
     def _interrupt(self, request: GenerationRequest, status: RequestStatus) -> None:

@@ -6,6 +6,9 @@ prefix and a lookup walks the chain until a key is missing: the longest cached p
 cached block owns one slot of the pool (the runner holds the KV; this table only says which slot
 holds what). A full pool evicts the least recently used block that no request pins and that no
 cached block continues (leaves before their parents, so every cached block's prefix stays cached).
+Where the chain ends, `match_partial` finds the cached block that continues it with the most of
+the prompt's next ids: its KV is right for those leading positions, so a hit need not end at a
+block boundary (as SGLang's radix tree matches to the token).
 The engine thread owns the table; other threads read `stats()`, a snapshot of counters.
 """
 
@@ -26,6 +29,7 @@ class Block:
     slot: int  # where in the runner's pool its KV lies
     key: bytes
     parent: Optional["Block"]
+    tokens: tuple[int, ...]  # its ids, for a partial match
     children: int = 0  # cached blocks that continue this one: it is not evictable while any do
     pins: int = 0  # requests copying from it or about to
 
@@ -58,6 +62,7 @@ class PrefixCache:
         self.slots = slots
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out slot 0 first
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()  # least recently used first
+        self._continuations: dict[bytes, dict[bytes, Block]] = {}  # parent key -> its cached children
         self._lookups = self._looked_up = self._hits = self._evictions = 0
 
     def _chain(self, tokens: Sequence[int], blocks: int):
@@ -79,6 +84,24 @@ class PrefixCache:
         for block in reversed(found):
             self._blocks.move_to_end(block.key)
         return found
+
+    def match_partial(self, tokens: Sequence[int], found: Sequence[Block], most_tokens: int) -> tuple[Optional[Block], int]:
+        """After the whole blocks `found` (match's answer for `tokens`), the cached block that
+        continues them with the longest run of tokens' next ids, and that run's length (at most
+        `most_tokens`, less than a block); (None, 0) where none shares even its first id. Marks
+        the block used."""
+        start = len(found) * self.block_tokens
+        following = tuple(tokens[start : start + min(most_tokens, self.block_tokens)])
+        best, best_length = None, 0
+        for block in self._continuations.get(found[-1].key if found else _ROOT, {}).values():
+            length = _common_length(block.tokens, following)
+            if length > best_length:
+                best, best_length = block, length
+        if best is not None:
+            self._blocks.move_to_end(best.key)
+            for block in reversed(found):  # parents stay fresher than their children
+                self._blocks.move_to_end(block.key)
+        return best, best_length
 
     def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
         self._lookups += 1
@@ -108,7 +131,9 @@ class PrefixCache:
                 slot = self._take_slot(protect=parent)
                 if slot is None:
                     break
-                block = self._blocks[key] = Block(slot, key, parent)
+                ids = tuple(tokens[index * self.block_tokens : (index + 1) * self.block_tokens])
+                block = self._blocks[key] = Block(slot, key, parent, ids)
+                self._continuations.setdefault(parent.key if parent else _ROOT, {})[key] = block
                 if parent is not None:
                     parent.children += 1
                 new.append(block)
@@ -124,6 +149,10 @@ class PrefixCache:
         for block in self._blocks.values():  # oldest first
             if not block.children and not block.pins and block is not protect:
                 del self._blocks[block.key]
+                siblings = self._continuations[block.parent.key if block.parent else _ROOT]
+                del siblings[block.key]
+                if not siblings:
+                    del self._continuations[block.parent.key if block.parent else _ROOT]
                 if block.parent is not None:
                     block.parent.children -= 1
                 self._evictions += 1
@@ -133,3 +162,13 @@ class PrefixCache:
     def stats(self) -> PrefixCacheStats:
         return PrefixCacheStats(self.slots * self.block_bytes, len(self._blocks) * self.block_bytes,
                                 self._lookups, self._looked_up, self._hits, self._evictions)
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids a and b share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length

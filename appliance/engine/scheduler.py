@@ -42,11 +42,13 @@ class ReleaseRow:
 
 @dataclass(frozen=True)
 class CopyBlocks:
-    """Copy pool slots into row `row`, slot i at positions [i * block, (i + 1) * block)."""
+    """Copy pool slots into row `row`, slot i at positions [i * block, (i + 1) * block); the row
+    then holds its first `length` positions (the last block may be a partial hit's)."""
 
     request: GenerationRequest  # whose pinned blocks these are: the engine unpins them once copied
     row: int
     slots: tuple[int, ...]
+    length: int
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,14 @@ class SchedulerConfig:
     cache_generated: bool = False
     # The prefix cache's pool (0: no cache) and the tokens per cached block (divides prefill_chunk).
     prefix_cache_bytes: int = 0
-    prefix_block_tokens: int = 32
+    prefix_block_tokens: int = 16
+    # 0: a hit ends at a block boundary and its rest prefills in the cold prompt's chunks. q > 0:
+    # a hit may end at any multiple of q tokens, inside a cached block (the prompt's next ids
+    # match that block's first ones), and a rest that fits in prefill_chunk tokens runs as one
+    # chunk, not two where it crosses a multiple. Set from the load-time probe
+    # (batch_invariance.probe_hit_quantum), only where such rests give a cold prompt's logits bit
+    # for bit on this host: hits then still never change tokens.
+    hit_quantum: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,9 +130,10 @@ class Scheduler:
     def schedule(self) -> Batch:
         """Decode every running row, then fill the step's token budget with prompt chunks.
 
-        A prompt is cut at multiples of prefill_chunk whatever else runs: kernels round a chunk of
-        S tokens differently from S smaller pieces, so a cut shaped by the budget left over would
-        make a request's tokens depend on its batch. A chunk that does not fit waits for the next
+        A prompt is cut at multiples of prefill_chunk whatever else runs: kernels may round a chunk
+        of S tokens differently from S smaller pieces, so a cut shaped by the budget left over would
+        make a request's tokens depend on its batch (a hit's rest is the one exception, where the
+        probe allows it: hit_quantum). A chunk that does not fit waits for the next
         step, except the step's first, which always runs (the step may then exceed its budget by
         less than one chunk) so that prompts progress however many rows decode.
         """
@@ -134,11 +144,9 @@ class Scheduler:
             request = self.prefilling or self._peek_waiting()
             if request is None:
                 break
-            hit = self._usable_hit(request) if request.row < 0 else []
-            hit_tokens = len(hit) * self.cache.block_tokens if hit else 0
+            hit, hit_tokens = self._usable_hit(request) if request.row < 0 else ([], 0)
             start = request.prefilled or hit_tokens  # one chunk per step
-            chunk = self.config.prefill_chunk
-            size = min(len(request.prompt_ids) - start, chunk - start % chunk)  # cut at multiples
+            size = self._chunk_size(request, start, hit_tokens if request.row < 0 else request.prefix_hit)
             if size > budget and batch.prefills:
                 break
             if request.row < 0:
@@ -157,24 +165,42 @@ class Scheduler:
         self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
         return batch
 
-    def _usable_hit(self, request: GenerationRequest) -> list:
-        """The cached blocks a new request may copy: the longest cached prefix that leaves the
-        logits' position to compute and whose rest prefills in the very chunks a cold prompt's would.
+    def _chunk_size(self, request: GenerationRequest, start: int, hit_tokens: int) -> int:
+        """Tokens of the prompt's chunk that starts at `start`: up to the next multiple of
+        prefill_chunk, or with hit_quantum the whole rest of a hit that fits in one chunk."""
+        chunk, rest = self.config.prefill_chunk, len(request.prompt_ids) - start
+        if self.config.hit_quantum and hit_tokens and start == hit_tokens and rest <= chunk:
+            return rest
+        return min(rest, chunk - start % chunk)
+
+    def _usable_hit(self, request: GenerationRequest) -> tuple[list, int]:
+        """(cached blocks, tokens) a new request may copy: the longest cached prefix that leaves the
+        logits' position to compute and whose rest prefills as exactly as a cold prompt's would.
+        With hit_quantum it may end inside its last block, at a multiple of the quantum.
 
         Kernels round a chunk of one token differently from longer ones (0.77 in the logits on an
         int4 package), and a cold prompt's chunks are cut at multiples of prefill_chunk. So a hit
         may leave a one-token rest only where the cold prompt ends in a one-token chunk too (the
-        hit ends at a multiple of prefill_chunk); elsewhere it gives back a block, and at least
-        block + 1 tokens are recomputed. A fully cached prompt therefore re-runs only its last
-        token just where that is exact.
+        hit ends at a multiple of prefill_chunk); elsewhere it gives back a block (or a quantum of
+        a partial one), and at least two tokens are recomputed. A fully cached prompt therefore
+        re-runs only its last token just where that is exact.
         """
         if self.cache is None:
-            return []
-        prompt, size = request.prompt_ids, self.cache.block_tokens
-        hit = self.cache.match(prompt, (len(prompt) - 1) // size)
-        if hit and len(prompt) - len(hit) * size == 1 and (len(hit) * size) % self.config.prefill_chunk:
+            return [], 0
+        prompt, size, quantum = request.prompt_ids, self.cache.block_tokens, self.config.hit_quantum
+        most = len(prompt) - 1  # the last position's logits are computed
+        hit = self.cache.match(prompt, most // size)
+        tokens = len(hit) * size
+        if 0 < quantum < size:
+            partial, length = self.cache.match_partial(prompt, hit, most - tokens)
+            if length >= quantum:
+                hit.append(partial)
+                tokens += length - length % quantum
+        if tokens and len(prompt) - tokens == 1 and tokens % self.config.prefill_chunk:
+            tokens -= min(quantum, size) if quantum else size
+        if hit and tokens <= (len(hit) - 1) * size:
             hit.pop()
-        return hit
+        return hit, tokens
 
     def _admit(self, request: GenerationRequest, hit: list, hit_tokens: int, batch: Batch) -> None:
         """Pins the hit's blocks until the engine has copied them into the request's row."""
@@ -185,7 +211,7 @@ class Scheduler:
             self.cache.pin(hit)
             request.pinned = hit
             request.prefilled = request.prefix_hit = hit_tokens
-            batch.copies.append(CopyBlocks(request, request.row, tuple(b.slot for b in hit)))
+            batch.copies.append(CopyBlocks(request, request.row, tuple(b.slot for b in hit), hit_tokens))
 
     def copied(self, op: CopyBlocks) -> None:
         """The engine applied `op`: its request's blocks may be evicted again."""

@@ -281,11 +281,11 @@ class SharedKVRunner:
                 else:
                     copy(kv, at_row, row_pitch, pool, at_pool, pool_pitch, width, heads)
 
-    def load_blocks(self, slot: int, blocks) -> None:
+    def load_blocks(self, slot: int, blocks, length: int) -> None:
         """Copies pool blocks into row `slot`, block i at positions [i * B, (i + 1) * B), and marks
-        those positions held (the row must be empty: a newly admitted request's)."""
+        the first `length` positions held (the row must be empty: a newly admitted request's). The
+        positions of a last, partly matched block past `length` are the prefill's to rewrite."""
         self._block_copies(slot, [(block, i * self._block_tokens) for i, block in enumerate(blocks)], True)
-        length = len(blocks) * self._block_tokens
         self.device.write(self._mask, int(self._row_starts[slot]), np.ones(length, self._mask.dtype))
         self._cached[slot] = length
 

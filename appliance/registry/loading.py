@@ -19,6 +19,7 @@ from typing import Optional
 from tokenizers import Tokenizer
 
 from appliance.engine.batch_invariance import InvarianceReport, Policy as InvariancePolicy, probe as probe_batch_invariance
+from appliance.engine.batch_invariance import probe_hit_quantum
 from appliance.engine.chat import ChatTemplate
 from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
@@ -183,6 +184,7 @@ def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, 
     engines: list[GenerationEngine] = []
     devices: list[str] = []  # where each replica computes (a GPU that is missing falls back to the CPU)
     measured: dict[str, InvarianceReport] = {}  # per execution provider: kernels differ between them
+    hit_quanta: dict[str, int] = {}  # per execution provider too
     # The prefix-cache budget is the decoder's: its replicas share it out.
     scheduling = replace(settings.scheduling, prefix_cache_bytes=settings.scheduling.prefix_cache_bytes // len(placed))
     try:
@@ -196,11 +198,17 @@ def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, 
                          measured[runner.provider].note)
             else:  # the same graph on the same kind of device: the first replica's measurement holds
                 runner.set_row_quantum(measured[runner.provider].row_quantum)
+            keeps_prefixes = scheduling.prefix_cache_bytes and hasattr(runner, "allocate_prefix_pool")
+            if keeps_prefixes and runner.provider not in hit_quanta:
+                quantum, note = probe_hit_quantum(runner, scheduling.prefill_chunk, scheduling.prefix_block_tokens)
+                hit_quanta[runner.provider] = quantum
+                log.info("%s: prefix-cache hits on %s: %s", model.name, runner.provider, note)
             if index == 0:
                 model.provider = runner.provider
                 model.batch_invariance = measured[runner.provider]
             suffix = f"-{index}" if len(placed) > 1 else ""
-            engines.append(GenerationEngine(runner, tokenizer, manifest.eos_token_ids, scheduling,
+            hits = replace(scheduling, hit_quantum=hit_quanta.get(runner.provider, 0))
+            engines.append(GenerationEngine(runner, tokenizer, manifest.eos_token_ids, hits,
                                             name=f"engine-{model.name}{suffix}"))
     finally:
         # So a failure closes what started.

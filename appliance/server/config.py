@@ -130,7 +130,7 @@ class EngineConfig(_Section):
     # Tokens per cached block: prefixes match in whole blocks. Must divide prefill_chunk (a hit
     # then prefills in the cold prompt's own chunks) and be at least 2 (a chunk of one token
     # rounds differently from longer ones).
-    prefix_block_tokens: int = Field(32, ge=2)
+    prefix_block_tokens: int = Field(16, ge=2)
     # Also cache a finished request's generated tokens, so a chat's next turn reuses its whole
     # history. Decode computed their KV one token at a time, unlike a prompt's prefill, so a hit on
     # them can change tokens; off, hits never do.

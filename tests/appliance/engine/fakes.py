@@ -12,7 +12,7 @@ class FakeRunner:
     lost prefill shows up as wrong tokens. `gate` can hold the engine thread inside a step.
     """
 
-    vocab = 32
+    vocab = vocab_size = 32
 
     def __init__(self, max_batch=8, context_length=1000):
         self.max_batch = max_batch

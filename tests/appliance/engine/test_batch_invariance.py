@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from appliance.engine.batch_invariance import probe
+from appliance.engine.batch_invariance import probe, probe_hit_quantum
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.model_package import open_package
+from tests.appliance.engine.fakes import FakeRunner
 from tests.appliance.engine.streams import collect_many
 
 PROMPTS = ["Hi", "Where is my order? 我的订单", "Refund please, the box was broken and the manual missing.",
@@ -125,6 +126,57 @@ def test_the_registry_probes_each_decoder_at_load_and_logs_the_outcome(llama_int
     finally:
         registry.close()
     assert any("llama-b128: batch invariance on CPUExecutionProvider holds" in r.getMessage() for r in caplog.records)
+
+
+class TiledFakeRunner(FakeRunner):
+    """A runner whose kernels take a chunk's rows in tiles of `tile` and the rows left over through
+    another path that rounds differently: a position's logits then depend on where its chunk began."""
+
+    def __init__(self, tile, **kwargs):
+        super().__init__(**kwargs)
+        self.tile = tile
+        self.rounding = [[] for _ in range(self.max_batch)]
+
+    def prefill(self, slot, token_ids, start):
+        logits = super().prefill(slot, token_ids, start)
+        leftover = len(token_ids) - len(token_ids) % self.tile
+        self.rounding[slot] = self.rounding[slot][:start] + [int(i >= leftover) for i in range(len(token_ids))]
+        logits[sum(self.rounding[slot]) % 7] += 1.0
+        return logits
+
+    def release(self, slot):
+        super().release(slot)
+        self.rounding[slot] = []
+
+
+@pytest.mark.parametrize("tile, quantum", [(1, 1), (2, 2), (4, 4), (16, 0)])
+def test_the_hit_probe_finds_the_finest_exact_hit_end(tile, quantum):
+    # Tiles of 16 with blocks of 8: even a whole-block hit's rest runs through other tiles.
+    assert probe_hit_quantum(TiledFakeRunner(tile), chunk=32, block=8)[0] == quantum
+
+
+def test_the_hit_probe_says_where_the_context_is_too_short():
+    assert probe_hit_quantum(FakeRunner(context_length=10), chunk=32, block=8) == \
+        (0, "not measured: the context is too short for the probe")
+
+
+def test_the_registry_probes_hit_ends_when_the_prefix_cache_is_on(llama_int4_b128, caplog):
+    import logging
+
+    from appliance.registry import ModelRegistry
+
+    caplog.set_level(logging.INFO, logger="appliance.registry")
+    quantum, note = probe_hit_quantum(open_runner(llama_int4_b128, 4), 128, 16)
+    for cache_bytes, expected in ((2**24, quantum), (0, 0)):
+        registry = ModelRegistry(llama_int4_b128.parent, RuntimeOptions(intra_op_threads=1),
+                                 SchedulerConfig(max_batch=4, prefix_cache_bytes=cache_bytes, prefix_block_tokens=16))
+        try:
+            registry.load_all()
+            assert registry.get("llama-b128").engine.replicas[0].config.hit_quantum == expected
+        finally:
+            registry.close()
+    notes = [r.getMessage() for r in caplog.records if "prefix-cache hits" in r.getMessage()]
+    assert notes == [f"llama-b128: prefix-cache hits on CPUExecutionProvider: {note}"]
 
 
 def test_the_config_names_a_bad_batch_invariance_policy(tmp_path):

@@ -111,7 +111,7 @@ def through_the_pool(runner):
     runner.prefill(0, prompt[:24], 0)
     cold = runner.prefill(0, prompt[24:], 24)
     runner.store_blocks(0, ((2, 0), (0, 8), (1, 16)))
-    runner.load_blocks(3, (2, 0, 1))
+    runner.load_blocks(3, (2, 0, 1), 24)
     return [cold, runner.prefill(3, prompt[24:], 24)]
 
 
@@ -122,7 +122,7 @@ def test_a_prefix_cache_hit_copies_kv_only_on_the_device_and_computes_the_cold_l
     runner.prefill(0, list(range(30, 46)), 0)
     device.traffic.clear()
     runner.store_blocks(0, ((1, 0), (0, 8)))
-    runner.load_blocks(3, (1, 0))
+    runner.load_blocks(3, (1, 0), 16)
     layout = runner.layout
     kv_bytes = 2 * layout.num_layers * layout.num_kv_heads * 16 * layout.head_dim * 4  # 16 positions
     assert dict(device.traffic) == {(ON_DEVICE, "prefix_cache"): kv_bytes, (ON_DEVICE, "kv"): kv_bytes,

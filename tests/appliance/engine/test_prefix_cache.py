@@ -30,9 +30,10 @@ class PooledFakeRunner(FakeRunner):
         self.block_tokens = block_tokens
         return budget_bytes // 100, 100  # a block "costs" 100 bytes
 
-    def load_blocks(self, slot, blocks):
+    def load_blocks(self, slot, blocks, length):
         assert not self.rows[slot], "blocks copied into a row that holds positions"
-        self.rows[slot] = [t for block in blocks for t in self.pool[block]]
+        assert (len(blocks) - 1) * self.block_tokens < length <= len(blocks) * self.block_tokens
+        self.rows[slot] = [t for block in blocks for t in self.pool[block]][:length]
 
     def store_blocks(self, slot, blocks):
         for block, position in blocks:
@@ -159,7 +160,7 @@ def test_a_request_cancelled_between_its_match_and_its_copy_unpins_the_blocks():
     cache = cached(prompt, 32, blocks=4)
     scheduler = scheduler_with(cache)
     request, batch = admit(scheduler, prompt)
-    assert batch.copies == [CopyBlocks(request, 0, (0, 1, 2, 3))]
+    assert batch.copies == [CopyBlocks(request, 0, (0, 1, 2, 3), 32)]
     assert all(block.pins == 1 for block in request.pinned)
     scheduler.finish(request, RequestStatus.FINISHED_CANCELLED)
     assert request.pinned == [] and cache.insert(list(range(500, 508)), 8) == [(3, 0)]  # a leaf evicted
@@ -216,7 +217,7 @@ def test_the_config_names_a_block_size_that_does_not_divide_the_chunk_or_is_one_
     with pytest.raises(ConfigError, match=r"engine\.prefix_block_tokens"):
         load_config(None, {"engine": {"prefix_block_tokens": 1}})
     engine = load_config(None).engine
-    assert (engine.prefix_cache_mb, engine.prefix_block_tokens, engine.prefix_cache_generated) == (256, 32, False)
+    assert (engine.prefix_cache_mb, engine.prefix_block_tokens, engine.prefix_cache_generated) == (256, 16, False)
 
 
 class Served:
@@ -275,5 +276,83 @@ def test_a_runner_without_a_pool_serves_with_the_cache_off(caplog):
         assert tokens_of(collect_many(engine, [job(SYSTEM)])[0]) == expected_tokens(SYSTEM, 6)
         assert engine.prefix_cache is None and engine.prefix_cache_stats().capacity_bytes == 0
         assert "keeps no prefix cache" in caplog.text
+    finally:
+        engine.close()
+
+
+def test_a_partial_match_finds_the_cached_continuation_with_the_longest_run_of_next_ids():
+    cache = PrefixCache(8, BLOCK, 100)
+    cache.insert(SYSTEM[:16], 16)
+    cache.insert(SYSTEM[:8] + [1, 2, 3, 90, 91, 92, 93, 94], 16)  # a second continuation of block 0
+    found = cache.match(SYSTEM[:8] + [9, 10, 11, 12, 13, 70], 2)
+    assert len(found) == 1
+    block, length = cache.match_partial(SYSTEM[:8] + [9, 10, 11, 12, 13, 70], found, 8)
+    assert length == 5 and block.tokens == tuple(SYSTEM[8:16])
+    other = cache.match(SYSTEM[:8] + [1, 2, 3, 90, 91, 92, 93, 94], 2)[1]
+    assert cache.match_partial(SYSTEM[:8] + [1, 2, 3, 90, 91], found, 3) == (other, 3)  # at most 3 asked
+    assert cache.match_partial([99] + SYSTEM[1:8], [], 8) == (None, 0)  # no first block starts with 99
+    assert cache.match_partial(SYSTEM[:5], [], 5)[1] == 5  # the root's continuations too
+
+
+def test_an_evicted_block_is_no_partial_match_any_more():
+    cache = PrefixCache(2, BLOCK, 100)
+    cache.insert(SYSTEM[:8], 8)
+    cache.insert(list(range(200, 208)), 8)
+    cache.insert(list(range(300, 308)), 8)  # evicts SYSTEM's block, the least recently used
+    assert cache.match_partial(SYSTEM[:6], [], 6) == (None, 0)
+    assert cache.match_partial(list(range(300, 306)), [], 6)[1] == 6
+
+
+def quantum_scheduler(cache, quantum, prefill_chunk=16):
+    return Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64, prefill_chunk=prefill_chunk,
+                                     hit_quantum=quantum), cache)
+
+
+def test_with_a_hit_quantum_a_hit_ends_inside_a_block_and_its_rest_runs_as_one_chunk():
+    cache = cached(SYSTEM, 40)
+    prompt = SYSTEM[:37] + [90] * 9  # 37 ids shared: four whole blocks and five ids of the fifth
+    request, batch = admit(quantum_scheduler(cache, 1), prompt)
+    assert request.prefilled == 37 and batch.copies[0].length == 37 and len(batch.copies[0].slots) == 5
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(37, 9)]  # across 48, in one run
+    # At a quantum of 2 the hit rounds down to 36; at the block size it ends at 32.
+    request, batch = admit(quantum_scheduler(cached(SYSTEM, 40), 2), prompt)
+    assert request.prefilled == 36 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(36, 10)]
+    request, batch = admit(quantum_scheduler(cached(SYSTEM, 40), BLOCK), prompt)
+    assert request.prefilled == 32 and len(batch.copies[0].slots) == 4
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(32, 14)]
+    # Without the probe's quantum: whole blocks, and the cold prompt's cuts at 48.
+    request, batch = admit(scheduler_with(cached(SYSTEM, 40)), prompt)
+    assert request.prefilled == 32 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(32, 14)]
+    request, batch = admit(scheduler_with(cached(SYSTEM, 40)), SYSTEM + [90] * 10)
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(40, 8)]  # then [48, 50) next step
+
+
+def test_a_rest_longer_than_a_chunk_is_cut_at_the_cold_multiples_from_the_hit():
+    prompt = SYSTEM[:37] + [90] * 30  # 67 tokens: the rest [37, 67) is longer than a chunk
+    scheduler = quantum_scheduler(cached(SYSTEM, 40), 1)
+    request, batch = admit(scheduler, prompt)
+    assert [(c.start, len(c.tokens)) for c in batch.prefills] == [(37, 11)]
+    scheduler.commit(batch)
+    assert [(c.start, len(c.tokens)) for c in scheduler.schedule().prefills] == [(48, 16)]
+
+
+def test_with_a_hit_quantum_a_one_token_rest_gives_back_a_quantum_not_a_block():
+    prompt = SYSTEM[:25]  # cached whole: a 24-token hit would leave the lone token 24
+    request, batch = admit(quantum_scheduler(cached(SYSTEM, 40), 1), prompt)
+    assert request.prefilled == 23 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(23, 2)]
+    request, batch = admit(quantum_scheduler(cached(SYSTEM, 40), 4), prompt)
+    assert request.prefilled == 20 and len(batch.copies[0].slots) == 3
+
+
+def test_partial_hits_through_the_engine_give_the_tokens_of_cold_runs():
+    engine, runner = engine_with_cache(hit_quantum=1)
+    try:
+        collect_many(engine, [job(SYSTEM + [7])])
+        runner.prefills.clear()
+        jobs = [job(SYSTEM[: 33 + 2 * i] + [100 + i] * (3 + i), 4 + i) for i in range(4)]
+        together = collect_many(engine, jobs)
+        assert [tokens_of(events) for events in together] == [expected_tokens(p, n.max_tokens) for p, n in jobs]
+        assert sorted(start for _, start, _ in runner.prefills) == [33, 35, 37, 39]  # each rest in one run
+        assert engine.prefix_cache_stats().hit_tokens == 33 + 35 + 37 + 39  # the first job's lookup missed
     finally:
         engine.close()

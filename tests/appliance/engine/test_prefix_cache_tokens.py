@@ -1,12 +1,14 @@
 """Cache hits never change tokens, on real tiny packages: greedy and seeded requests behind a shared
 prefix give the same token ids and logprobs with the prefix cache as without it, alone and
-batched, on an fp32 and an int4 package. And the packages' chat templates render turn N's prompt
+batched, on an fp32 and an int4 package, with whole-block hits and with the hits that the probe
+allows (ending inside a block, the rest in one chunk). And the packages' chat templates render turn N's prompt
 as a token prefix of turn N+1's, so a conversation's history hits."""
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from appliance.engine.batch_invariance import probe_hit_quantum
 from appliance.engine.chat import ChatMessage, ChatTemplate
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
@@ -19,11 +21,13 @@ from tests.appliance.engine.streams import collect_many
 CHUNK, BLOCK = 32, 8
 
 
-def engine_for(path, prefix_cache_bytes):
+def engine_for(path, prefix_cache_bytes, probe_hits=False):
     manifest = open_package(path)
     runner = open_decoder_runner(path, manifest, RuntimeOptions(intra_op_threads=1), max_batch=4)
+    quantum = probe_hit_quantum(runner, CHUNK, BLOCK)[0] if probe_hits else 0
+    assert quantum or not probe_hits, "the probe found no exact hit end on this host"
     config = SchedulerConfig(max_batch=4, max_step_tokens=2 * CHUNK, prefill_chunk=CHUNK,
-                             prefix_cache_bytes=prefix_cache_bytes, prefix_block_tokens=BLOCK)
+                             prefix_cache_bytes=prefix_cache_bytes, prefix_block_tokens=BLOCK, hit_quantum=quantum)
     return GenerationEngine(runner, Tokenizer.from_file(str(path / "tokenizer.json")), manifest.eos_token_ids, config)
 
 
@@ -32,8 +36,11 @@ def jobs_behind_a_shared_prefix(vocab):
     shared = [int(t) for t in rng.integers(10, vocab - 10, 70)]
     # Rests after the shared 70 tokens: a hit of 64 leaves 1 + rest; lengths 65 (= 64 + 1, a lone
     # token the cold prompt also ends in) and 57 (56 + 1, where a block is given back) included.
-    tails = [[int(t) for t in rng.integers(10, vocab - 10, n)] for n in (5, 1, 30)]
-    prompts = [shared + tail for tail in tails] + [shared[:65], shared[:57]]
+    # Hits ending inside a block where the probe allows them: 61 shared ids and a rest across 64,
+    # 67 and a short rest, and the first prompt again (whole but its last token cached).
+    tails = [[int(t) for t in rng.integers(10, vocab - 10, n)] for n in (5, 1, 30, 9, 4)]
+    prompts = [shared + tail for tail in tails[:3]] + [shared[:65], shared[:57], shared[:61] + tails[3],
+                                                        shared[:67] + tails[4], shared + tails[0]]
     return [(p, SamplingParams(max_tokens=8, temperature=0.0 if i % 2 else 0.9, seed=40 + i, ignore_eos=True,
                                logprobs=0))
             for i, p in enumerate(prompts)]
@@ -43,8 +50,9 @@ def outputs(events):
     return [t for e in events for t in e.token_ids], [lp[0] for e in events for lp in e.logprobs]
 
 
+@pytest.mark.parametrize("hits", ["whole blocks", "probed"])
 @pytest.mark.parametrize("package", ["fp32", "int4"])
-def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, models_dir, request):
+def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, hits, models_dir, request):
     path = models_dir / "llama" if package == "fp32" else request.getfixturevalue("llama_int4")
     jobs = jobs_behind_a_shared_prefix(open_package(path).vocab_size)
     cold = engine_for(path, 0)
@@ -52,7 +60,7 @@ def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, models_dir,
         expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
     finally:
         cold.close()
-    cached = engine_for(path, 10**7)
+    cached = engine_for(path, 10**7, probe_hits=hits == "probed")
     try:
         collect_many(cached, [jobs[0]])  # the shared prefix enters the cache
         alone = [outputs(collect_many(cached, [job])[0]) for job in jobs]
