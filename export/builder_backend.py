@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance.model_package import KVLayout, PrefillGraph
 from export.backend_fields import BackendFields
 from export.last_logits import slice_to_last_position
-from export.prefill_graph import weight_bytes, write_prefill_graph
+from export.prefill_graph import INT8_RECIPE, weight_bytes, write_int8_prefill_graph, write_prefill_graph
 from export.quantize import QuantRecipe
 from export.source import ExportError, ModelSource
 
@@ -51,15 +51,19 @@ def build(source: ModelSource, staging: Path, precision: str, target: str, recip
     # Prefill needs the last position's logits only: the LM head runs on that row alone.
     slice_to_last_position(staging / fields.model_file)
     fields.logits = "last"
-    if recipe.prefill_accuracy_level is not None:
-        fields.prefill_graph = _prefill_graph(staging, fields, recipe.prefill_accuracy_level)
+    if recipe.prefill_accuracy_level is not None or recipe.prefill_int8:
+        fields.prefill_graph = _prefill_graph(staging, fields, recipe)
     return fields
 
 
-def _prefill_graph(staging: Path, fields: BackendFields, accuracy_level: int) -> PrefillGraph:
-    name = write_prefill_graph(staging, fields.model_file, accuracy_level)
-    return PrefillGraph(file=name, quantization={**fields.quantization, "accuracy_level": accuracy_level},
-                        weight_bytes=weight_bytes(staging, name))
+def _prefill_graph(staging: Path, fields: BackendFields, recipe: QuantRecipe) -> PrefillGraph:
+    if recipe.prefill_int8:
+        name, quantization = write_int8_prefill_graph(staging, fields.model_file), INT8_RECIPE
+    else:
+        level = recipe.prefill_accuracy_level
+        name, quantization = write_prefill_graph(staging, fields.model_file, level), {**fields.quantization,
+                                                                                      "accuracy_level": level}
+    return PrefillGraph(file=name, quantization=quantization, weight_bytes=weight_bytes(staging, name))
 
 
 def _run_with_progress(command: list[str], log_path: Path, phases, layers: int) -> None:

@@ -47,8 +47,10 @@ class QuantRecipe:
     embeddings: str = "int8"  # "int8": Gather tables quantized (quantize_dynamic); "fp32": kept
     keep_sensitive: Optional[int] = None
     min_cosine: Optional[float] = None
-    # Builder int4: a second graph for prefill at this MatMulNBits accuracy level (export/prefill_graph.py).
+    # Builder int4: a second graph for prefill (export/prefill_graph.py), at this MatMulNBits
+    # accuracy level, or with int8 weights and per-token int8 activations.
     prefill_accuracy_level: Optional[int] = None
+    prefill_int8: bool = False
 
     def as_record(self, bits: int, tool: str) -> dict:
         record = {"method": self.method, "op": "MatMulNBits", "bits": bits, "block_size": self.block_size,

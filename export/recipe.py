@@ -19,8 +19,9 @@ accuracy_level and zero points), with onnxruntime 1.32 and onnxruntime-genai 0.1
   precision; dynamic (quantize_dynamic, per-channel, the old default) and static (QDQ,
   per-channel, calibrated on --calibration-file or the built-in texts) take none of them.
 - every fp32 / fp16 export takes none.
-- --prefill-accuracy-level (a second graph for prefill, export/prefill_graph.py): builder int4
-  only, whose graphs the shared-KV runner serves with one set of KV buffers for both graphs.
+- --prefill-accuracy-level and --prefill-int8 (a second graph for prefill, export/prefill_graph.py):
+  builder int4 only, whose graphs the shared-KV runner serves with one set of KV buffers for both
+  graphs; one of the two.
 
 The exporter compares the recipe with the written graph afterwards (cli._check_recipe), so a
 library that changes what it honours fails the export instead of the manifest lying.
@@ -52,7 +53,7 @@ class Method:
     blocks: bool = True  # MatMulNBits: takes --block-size, --accuracy-level, --asymmetric
     mixable: bool = True  # takes --keep-sensitive / --min-cosine
     embeddings: bool = True  # takes --embeddings
-    prefill: bool = False  # takes --prefill-accuracy-level
+    prefill: bool = False  # takes --prefill-accuracy-level or --prefill-int8
 
 
 # (backend, precision) -> the methods it implements there.
@@ -80,6 +81,7 @@ class QuantOptions:
     min_cosine: Optional[float] = None
     embeddings: Optional[str] = None
     prefill_accuracy_level: Optional[int] = None
+    prefill_int8: bool = False
 
     def flags(self) -> list[tuple[str, object, str]]:
         """(flag, value, the Method property that must allow it)."""
@@ -88,7 +90,8 @@ class QuantOptions:
                 ("--calibration-file", self.calibration_file, "calibration"),
                 ("--keep-sensitive", self.keep_sensitive, "mixable"), ("--min-cosine", self.min_cosine, "mixable"),
                 ("--embeddings", self.embeddings, "embeddings"),
-                ("--prefill-accuracy-level", self.prefill_accuracy_level, "prefill")]
+                ("--prefill-accuracy-level", self.prefill_accuracy_level, "prefill"),
+                ("--prefill-int8", self.prefill_int8 or None, "prefill")]
 
     def given(self) -> list[str]:
         return [flag for flag, value, _ in self.flags() if value is not None]
@@ -128,6 +131,8 @@ def resolve(backend: str, precision: str, options: QuantOptions) -> QuantRecipe:
         raise BadOptions(f"--quant-method {name} needs --calibration-file (one text per line)")
     if options.calibration_file is not None and not options.calibration_file.is_file():
         raise BadOptions(f"--calibration-file {options.calibration_file} does not exist")
+    if options.prefill_accuracy_level is not None and options.prefill_int8:
+        raise BadOptions("--prefill-accuracy-level and --prefill-int8 both choose the prefill graph; give one")
     if options.keep_sensitive is not None and options.min_cosine is not None:
         raise BadOptions("--keep-sensitive and --min-cosine both choose the kept MatMuls; give one")
     if options.min_cosine is not None and not 0.0 < options.min_cosine <= 1.0:
@@ -140,7 +145,7 @@ def resolve(backend: str, precision: str, options: QuantOptions) -> QuantRecipe:
                        symmetric=symmetric, method=name, calibration_file=options.calibration_file,
                        embeddings=options.embeddings or ("int8" if method.embeddings else "fp32"),
                        keep_sensitive=options.keep_sensitive, min_cosine=options.min_cosine,
-                       prefill_accuracy_level=options.prefill_accuracy_level)
+                       prefill_accuracy_level=options.prefill_accuracy_level, prefill_int8=options.prefill_int8)
 
 
 def _why(needs: str, backend: str) -> str:

@@ -117,6 +117,13 @@ def llama_int4_b128(sources, tmp_path_factory) -> Path:
                           "--precision", "int4", "--block-size", "128")
 
 
+@pytest.fixture(scope="session")
+def llama_int4_prefill_int8(sources, tmp_path_factory) -> Path:
+    """The tiny llama at int4 with an int8 prefill graph (`--prefill-int8`), exported once."""
+    return export_or_fail(sources["llama"], tmp_path_factory.mktemp("llama-int4-int8") / "llama-int4-int8",
+                          "--precision", "int4", "--prefill-int8")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

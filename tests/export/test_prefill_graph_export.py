@@ -1,8 +1,10 @@
-"""--prefill-accuracy-level: a second graph at another MatMulNBits accuracy level over the same weights."""
+"""--prefill-accuracy-level: a second graph at another MatMulNBits accuracy level over the same weights;
+--prefill-int8: one with int8 weights and per-token int8 activations."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.model_package import open_package
 from export.graph_info import matmul_nbits_settings
-from export.prefill_graph import write_prefill_graph
+from export.prefill_graph import write_int8_prefill_graph, write_prefill_graph
 from export.recipe import BadOptions, QuantOptions, resolve
 from export.source import ExportError
 from tests.conftest import export_or_fail
@@ -50,6 +52,79 @@ def test_a_graph_without_matmulnbits_gets_no_prefill_graph(tmp_path):
         write_prefill_graph(tmp_path, "model.onnx", 1)
 
 
+def random_layer_graph(folder, k=64, n=24, block=32):
+    """A layer's MatMulNBits (random 4-bit weights, as the builder writes them) feeding an LM head's."""
+    rng = np.random.default_rng(3)
+    tensors, nodes = [], []
+    for name, source, out, rows in (("/model/layers.0/mlp/up_proj/MatMul_Q4", "x", "h", n),
+                                    ("/lm_head/MatMul_Q4", "h", "logits", 8)):
+        packed = rng.integers(0, 256, (rows, k // block, block // 2), dtype=np.uint8)
+        scales = rng.uniform(0.01, 0.05, (rows, k // block)).astype(np.float32)
+        tensors += [numpy_helper.from_array(packed, name + ".w"), numpy_helper.from_array(scales, name + ".s")]
+        nodes.append(helper.make_node("MatMulNBits", [source, name + ".w", name + ".s"], [out], name=name,
+                                      domain="com.microsoft", K=k if source == "x" else n, N=rows, bits=4,
+                                      block_size=block, accuracy_level=4))
+        k = n
+    k = 64
+    # The LM head takes the layer's n outputs: its weights are [8, n / block, block / 2].
+    tensors[2] = numpy_helper.from_array(rng.integers(0, 256, (8, 1, 16), dtype=np.uint8), tensors[2].name)
+    tensors[3] = numpy_helper.from_array(rng.uniform(0.01, 0.05, (8, 1)).astype(np.float32), tensors[3].name)
+    nodes[1] = helper.make_node("MatMulNBits", ["h", tensors[2].name, tensors[3].name], ["logits"], name=nodes[1].name,
+                                domain="com.microsoft", K=n, N=8, bits=4, block_size=32, accuracy_level=4)
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", k])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", 8])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+
+
+def run_graph(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_the_int8_prefill_graph_computes_the_int4_weights_rows_apart(tmp_path):
+    random_layer_graph(tmp_path)
+    assert write_int8_prefill_graph(tmp_path, "model.onnx") == "prefill.onnx"
+    prefill = onnx.load(str(tmp_path / "prefill.onnx"), load_external_data=False)
+    ops = [node.op_type for node in prefill.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("MatMulNBits") == 1  # the LM head stays
+    locations = {e.value for i in prefill.graph.initializer for e in i.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data", "prefill.onnx.data"}  # kept tensors are not written twice
+    exact = tmp_path / "fp32-activations"  # the same int4 weights at accuracy level 1: the reference
+    exact.mkdir()
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copy(tmp_path / name, exact / name)
+    write_prefill_graph(exact, "model.onnx", 1)
+    x = np.random.default_rng(4).normal(size=(7, 64)).astype(np.float32)
+    x[2] *= 40  # a row of large values: it must not coarsen the other rows' quantization
+    reference, got = run_graph(exact / "prefill.onnx", x), run_graph(tmp_path / "prefill.onnx", x)
+    # Within a few percent of each row's largest logit, through both MatMuls (a wrong nibble order
+    # or scale gives errors of the logits' own size).
+    assert (np.abs(got - reference).max(axis=1) < 0.08 * np.abs(reference).max(axis=1)).all()
+    # Each row quantized on its own, integer sums: a row's result does not depend on the others.
+    for rows in (slice(0, 1), slice(0, 3), slice(3, 7)):
+        assert np.array_equal(run_graph(tmp_path / "prefill.onnx", x[rows]), got[rows])
+
+
+def test_a_graph_without_layer_matmulnbits_gets_no_int8_prefill_graph(tmp_path):
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", values[:1],
+                                                  values[1:])), str(tmp_path / "model.onnx"))
+    with pytest.raises(ExportError, match="needs the layers' MatMulNBits nodes"):
+        write_int8_prefill_graph(tmp_path, "model.onnx")
+
+
+def test_only_builder_int4_takes_a_prefill_graph_and_only_one_kind():
+    assert resolve("builder", "int4", QuantOptions(prefill_int8=True)).prefill_int8
+    for backend, precision in (("builder", "fp32"), ("builder", "int8"), ("optimum", "int4")):
+        with pytest.raises(BadOptions, match="--prefill-int8"):
+            resolve(backend, precision, QuantOptions(prefill_int8=True))
+    with pytest.raises(BadOptions, match="--prefill-accuracy-level and --prefill-int8"):
+        resolve("builder", "int4", QuantOptions(prefill_accuracy_level=1, prefill_int8=True))
+
+
 def test_only_builder_int4_takes_a_prefill_accuracy_level():
     assert resolve("builder", "int4", QuantOptions(prefill_accuracy_level=1)).prefill_accuracy_level == 1
     for backend, precision in (("builder", "fp32"), ("builder", "int8"), ("optimum", "int4")):
@@ -77,6 +152,22 @@ def test_an_int4_export_with_a_prefill_graph_validates_both(sources, tmp_path):
             logits = runner.decode(np.asarray([tokens[setting][-1]]), np.asarray([16 + step]))[0]
             tokens[setting].append(int(np.argmax(logits)))
     print(json.dumps(tokens))
+
+
+def test_an_int4_export_with_an_int8_prefill_graph_validates_it_and_records_the_recipe(llama_int4_prefill_int8):
+    manifest = open_package(llama_int4_prefill_int8)
+    graph = manifest.prefill_graph
+    assert graph.file == "prefill.onnx" and graph.quantization["op"] == "MatMulIntegerToFloat"
+    assert {"prefill.onnx", "prefill.onnx.data"} <= set(manifest.files)
+    # Its weights: the int8 ones in its own file, the LM head and embedding in the decode graph's.
+    assert graph.weight_bytes > (llama_int4_prefill_int8 / "prefill.onnx.data").stat().st_size
+    figures = manifest.validation
+    # Against PyTorch, within a hair of the decode graph whose int4 weights it requantizes (on random
+    # weights both sit near 0.85).
+    assert figures["passed"] and figures["prefill_graph"]["logits_cosine_mean"] > figures["logits_cosine_mean"] - 0.02
+    ops = {node.op_type for node in onnx.load(str(llama_int4_prefill_int8 / "prefill.onnx"),
+                                              load_external_data=False).graph.node}
+    assert "MatMulIntegerToFloat" in ops and "GroupQueryAttention" in ops
 
 
 def test_a_prefill_graph_under_the_floors_fails_validation():

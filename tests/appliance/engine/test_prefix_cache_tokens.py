@@ -1,6 +1,6 @@
 """Cache hits never change tokens, on real tiny packages: greedy and seeded requests behind a shared
 prefix give the same token ids and logprobs with the prefix cache as without it, alone and
-batched, on an fp32 and an int4 package, with whole-block hits and with the hits that the probe
+batched, on an fp32 and an int4 package (and one that prefills on an int8 graph), with whole-block hits and with the hits that the probe
 allows (ending inside a block, the rest in one chunk). And the packages' chat templates render turn N's prompt
 as a token prefix of turn N+1's, so a conversation's history hits."""
 
@@ -50,10 +50,13 @@ def outputs(events):
     return [t for e in events for t in e.token_ids], [lp[0] for e in events for lp in e.logprobs]
 
 
+PACKAGES = {"int4": "llama_int4", "int4 + int8 prefill graph": "llama_int4_prefill_int8"}
+
+
 @pytest.mark.parametrize("hits", ["whole blocks", "probed"])
-@pytest.mark.parametrize("package", ["fp32", "int4"])
+@pytest.mark.parametrize("package", ["fp32", "int4", "int4 + int8 prefill graph"])
 def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, hits, models_dir, request):
-    path = models_dir / "llama" if package == "fp32" else request.getfixturevalue("llama_int4")
+    path = models_dir / "llama" if package == "fp32" else request.getfixturevalue(PACKAGES[package])
     jobs = jobs_behind_a_shared_prefix(open_package(path).vocab_size)
     cold = engine_for(path, 0)
     try:
