@@ -1,5 +1,5 @@
 """The benchmark's models: random-weight sources of two real shapes (and a tiny one for --quick),
-this project's int4 builder package of each (`appliance-export --precision int4`), the genai
+this project's int4 builder package of each (`appliance-export --precision int4 --prefill-int8`), the genai
 builder's own graph of it with the same recipe, and an int4 OpenVINO export of the same source by
 optimum-intel. Everything lives under build/serving/; a step whose output is
 there is skipped unless `rebuild` (so a changed exporter is picked up with --rebuild)."""
@@ -67,12 +67,14 @@ def source(name: str, rebuild: bool = False) -> Path:
 
 
 def package(name: str, rebuild: bool = False) -> Path:
-    """This project's int4 builder package (its directory name is the model name the daemon serves)."""
+    """This project's int4 builder package with its int8 prefill graph, the export for serving (its
+    directory name is the model name the daemon serves)."""
     out = WORK / "packages" / f"{name}-int4"
-    if rebuild or not (out / "manifest.json").is_file():
-        _step(f"exporting {name} (appliance-export --precision int4)",
-              [sys.executable, "-m", "export.cli", str(source(name, rebuild)), "--output", str(out),
-               "--precision", "int4", "--force"], WORK / "logs" / f"export-{name}.log")
+    manifest = out / "manifest.json"
+    if rebuild or not manifest.is_file() or not json.loads(manifest.read_text()).get("prefill_graph"):
+        _step(f"exporting {name} (appliance-export --precision int4 --prefill-int8)",
+              [sys.executable, "-m", "export.cli", str(source(name, rebuild)), "--output", str(out), "--overwrite",
+               "--precision", "int4", "--prefill-int8", "--force"], WORK / "logs" / f"export-{name}.log")
     return out
 
 

@@ -35,7 +35,10 @@ def budget(package: Path, config_toml: str) -> dict:
     context = min(engine.max_context or manifest.context_length, manifest.context_length)
     kv = (2 * layout.num_layers * engine.max_batch * layout.num_kv_heads * context * layout.head_dim
           * np.dtype(layout.dtype).itemsize)
-    parts = {"weights": sum(r.size for name, r in manifest.files.items() if name.startswith("model.onnx")),
+    # The prefill graph's session loads its own weights (the new int8 ones and the tensors it shares
+    # with the decode graph's file).
+    prefill = manifest.prefill_graph.weight_bytes if manifest.prefill_graph else 0
+    parts = {"weights": sum(r.size for name, r in manifest.files.items() if name.startswith("model.onnx")) + prefill,
              "kv": kv, "prefix_cache": engine.prefix_cache_mb * MB, "slack": SLACK}
     return {**parts, "total": sum(parts.values())}
 
