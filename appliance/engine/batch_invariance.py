@@ -139,7 +139,6 @@ def probe(runner: Runner, policy: Policy = "auto", seed: int = 0) -> InvarianceR
     return report(False, 1, 0.0, f"does not hold, even with decode steps padded to any of {runner.row_quanta} rows")
 
 
-
 def _last_logits(runner: Runner, prompt: list[int], pieces: list[tuple[int, int]]) -> np.ndarray:
     """Prefills row 0 piece by piece ([start, end) each, a later piece rewriting positions an
     earlier one wrote) and returns the last piece's logits; leaves row 0 empty."""

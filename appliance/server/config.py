@@ -127,9 +127,9 @@ class EngineConfig(_Section):
     # Device memory per decoder, split between its replicas, for KV of prompt prefixes seen before
     # (a shared system prompt, a chat's history); allocated whole at load. 0 turns the cache off.
     prefix_cache_mb: int = Field(256, ge=0)
-    # Tokens per cached block: prefixes match in whole blocks. Must divide prefill_chunk (a hit
-    # then prefills in the cold prompt's own chunks) and be at least 2 (a chunk of one token
-    # rounds differently from longer ones).
+    # Tokens per cached block, the pool's unit (a hit may end inside one where the load-time probe
+    # allows). Must divide prefill_chunk (a whole-block hit then prefills in the cold prompt's own
+    # chunks) and be at least 2 (a chunk of one token rounds differently from longer ones).
     prefix_block_tokens: int = Field(16, ge=2)
     # Also cache a finished request's generated tokens, so a chat's next turn reuses its whole
     # history. Decode computed their KV one token at a time, unlike a prompt's prefill, so a hit on
