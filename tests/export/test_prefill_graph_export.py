@@ -52,27 +52,28 @@ def test_a_graph_without_matmulnbits_gets_no_prefill_graph(tmp_path):
         write_prefill_graph(tmp_path, "model.onnx", 1)
 
 
-def random_layer_graph(folder, k=64, n=24, block=32):
-    """A layer's MatMulNBits (random 4-bit weights, as the builder writes them) feeding an LM head's."""
+def nbits_node(rng, name, source, out, k, n, zero_points):
+    """A 4-bit MatMulNBits node in blocks of 32 with random weights (and zero points), as the builder
+    writes them: weights [N, blocks, 16] bytes, scales [N, blocks], zero points two a byte."""
+    blocks = -(-k // 32)
+    tensors = [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, 16), dtype=np.uint8), name + ".w"),
+               numpy_helper.from_array(rng.uniform(0.01, 0.05, (n, blocks)).astype(np.float32), name + ".s")]
+    if zero_points:
+        zeros = rng.integers(0, 256, n * -(-blocks // 2), dtype=np.uint8)
+        tensors.append(numpy_helper.from_array(zeros, name + ".z"))
+    node = helper.make_node("MatMulNBits", [source] + [t.name for t in tensors], [out], name=name,
+                            domain="com.microsoft", K=k, N=n, bits=4, block_size=32, accuracy_level=4)
+    return node, tensors
+
+
+def random_layer_graph(folder, zero_points=False):
+    """A layer's MatMulNBits (64 -> 24) feeding an LM head's (24 -> 8: K not a multiple of the block)."""
     rng = np.random.default_rng(3)
-    tensors, nodes = [], []
-    for name, source, out, rows in (("/model/layers.0/mlp/up_proj/MatMul_Q4", "x", "h", n),
-                                    ("/lm_head/MatMul_Q4", "h", "logits", 8)):
-        packed = rng.integers(0, 256, (rows, k // block, block // 2), dtype=np.uint8)
-        scales = rng.uniform(0.01, 0.05, (rows, k // block)).astype(np.float32)
-        tensors += [numpy_helper.from_array(packed, name + ".w"), numpy_helper.from_array(scales, name + ".s")]
-        nodes.append(helper.make_node("MatMulNBits", [source, name + ".w", name + ".s"], [out], name=name,
-                                      domain="com.microsoft", K=k if source == "x" else n, N=rows, bits=4,
-                                      block_size=block, accuracy_level=4))
-        k = n
-    k = 64
-    # The LM head takes the layer's n outputs: its weights are [8, n / block, block / 2].
-    tensors[2] = numpy_helper.from_array(rng.integers(0, 256, (8, 1, 16), dtype=np.uint8), tensors[2].name)
-    tensors[3] = numpy_helper.from_array(rng.uniform(0.01, 0.05, (8, 1)).astype(np.float32), tensors[3].name)
-    nodes[1] = helper.make_node("MatMulNBits", ["h", tensors[2].name, tensors[3].name], ["logits"], name=nodes[1].name,
-                                domain="com.microsoft", K=n, N=8, bits=4, block_size=32, accuracy_level=4)
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", k])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", 8])], tensors)
+    layer, layer_weights = nbits_node(rng, "/model/layers.0/mlp/up_proj/MatMul_Q4", "x", "h", 64, 24, zero_points)
+    head, head_weights = nbits_node(rng, "/lm_head/MatMul_Q4", "h", "logits", 24, 8, zero_points)
+    graph = helper.make_graph([layer, head], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", 8])],
+                              layer_weights + head_weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
               size_threshold=0)
@@ -84,8 +85,9 @@ def run_graph(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_the_int8_prefill_graph_computes_the_int4_weights_rows_apart(tmp_path):
-    random_layer_graph(tmp_path)
+@pytest.mark.parametrize("zero_points", [False, True], ids=["symmetric", "zero points"])
+def test_the_int8_prefill_graph_computes_the_int4_weights_rows_apart(tmp_path, zero_points):
+    random_layer_graph(tmp_path, zero_points)
     assert write_int8_prefill_graph(tmp_path, "model.onnx") == "prefill.onnx"
     prefill = onnx.load(str(tmp_path / "prefill.onnx"), load_external_data=False)
     ops = [node.op_type for node in prefill.graph.node]
