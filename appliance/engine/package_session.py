@@ -118,13 +118,18 @@ def open_package_session(package_dir: Path, manifest: Manifest, options: Runtime
     return session
 
 
+def has_prefill_graph(manifest: Manifest, options: RuntimeOptions) -> bool:
+    """Whether a decoder of this package prefills on its own prefill graph under these options."""
+    return manifest.prefill_graph is not None and options.prefill_graph != "off"
+
+
 def open_prefill_session(package_dir: Path, manifest: Manifest,
                          options: RuntimeOptions) -> Optional[ort.InferenceSession]:
     """The session of the package's prefill graph, on the same provider and options as the decode
     graph's, or None where the package has none or [runtime] prefill_graph = "off". Prefill shapes
     vary, so it never captures CUDA graphs."""
     graph = manifest.prefill_graph
-    if graph is None or options.prefill_graph == "off":
+    if not has_prefill_graph(manifest, options):
         return None
     session = open_package_session(package_dir, manifest, replace(options, thread_spinning=False),
                                    model_file=graph.file)

@@ -34,6 +34,10 @@ class RuntimeOptions:
     # Whether idle intra-op threads spin waiting for work. A decoder's prefill session does not:
     # spinning after its chunk, its threads would take the cores the decode session's steps need.
     thread_spinning: bool = True
+    # Whether they go on spinning once a run has returned (ORT's session.force_spinning_stop off).
+    # Beside a prefill session, the decode session's do not: spinning after a step, they would take
+    # the cores from the prefill chunk that runs next.
+    spin_between_runs: bool = True
 
 
 def device_name(provider: str, device_id: int) -> str:
@@ -81,6 +85,8 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
         session_options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if not options.thread_spinning:
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif not options.spin_between_runs:
+        session_options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model_path, session_options, providers=provider_list(options, cuda_graph))
 
 

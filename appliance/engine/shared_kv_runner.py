@@ -24,6 +24,7 @@ replay fails reopens the session without graphs and runs again (the state stays 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import logging
 from pathlib import Path
 from typing import Optional
@@ -32,7 +33,8 @@ import numpy as np
 import onnxruntime as ort
 
 from appliance.engine.device_buffers import CpuDevice, DeviceBuffer, device_for
-from appliance.engine.package_session import open_decoder_session, open_package_session, open_prefill_session
+from appliance.engine.package_session import (has_prefill_graph, open_decoder_session, open_package_session,
+                                               open_prefill_session)
 from appliance.engine.providers import RuntimeOptions
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
@@ -71,9 +73,12 @@ class SharedKVRunner:
         self.max_batch = max_batch
         # The operator may cap the context below the model's to bound KV memory.
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
-        self.session, self.cuda_graph = open_decoder_session(package_dir, manifest, options)
+        # Beside a prefill session the decode session's threads stop spinning when a step returns,
+        # or they would take the cores from the prefill chunk that runs next.
+        decode_options = replace(options, spin_between_runs=False) if has_prefill_graph(manifest, options) else options
+        self.session, self.cuda_graph = open_decoder_session(package_dir, manifest, decode_options)
         self._graphs_may_fall_back = self.cuda_graph and options.cuda_graph == "auto"
-        self._open_without_graphs = functools.partial(open_package_session, package_dir, manifest, options)
+        self._open_without_graphs = functools.partial(open_package_session, package_dir, manifest, decode_options)
         self.provider = self.session.get_providers()[0]
         self.device = device or device_for(self.session)
         self.vocab_size = manifest.vocab_size
