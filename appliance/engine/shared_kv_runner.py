@@ -24,8 +24,8 @@ replay fails reopens the session without graphs and runs again (the state stays 
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
