@@ -1,8 +1,9 @@
 """Cache hits never change tokens, on real tiny packages: greedy and seeded requests behind a shared
 prefix give the same token ids and logprobs with the prefix cache as without it, alone and
-batched, on an fp32 and an int4 package (and one that prefills on an int8 graph), with whole-block hits and with the hits that the probe
-allows (ending inside a block, the rest in one chunk). And the packages' chat templates render turn N's prompt
-as a token prefix of turn N+1's, so a conversation's history hits."""
+batched, on an fp32 and an int4 package (and one that prefills on an int8 graph), with
+whole-block hits and with the hits that the probe allows (ending inside a block, the rest in one
+chunk). And the packages' chat templates render turn N's prompt as a token prefix of turn N+1's,
+so a conversation's history hits."""
 
 import numpy as np
 import pytest
