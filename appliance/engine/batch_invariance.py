@@ -143,7 +143,7 @@ def _last_logits(runner: Runner, prompt: list[int], pieces: list[tuple[int, int]
     """Prefills row 0 piece by piece ([start, end) each, a later piece rewriting positions an
     earlier one wrote) and returns the last piece's logits; leaves row 0 empty."""
     for start, end in pieces:
-        logits = runner.prefill(0, prompt[start:end], start).copy()
+        logits = runner.prefill(0, prompt[start:end], start)  # a runner's prefill returns a copy
     runner.release(0)
     return logits
 
@@ -168,6 +168,8 @@ def probe_hit_quantum(runner: Runner, chunk: int, block: int, seed: int = 0) -> 
     another kernel path on some hosts). The runner must hold no sequence.
     """
     rng = np.random.default_rng(seed)
+    prompts: dict[int, list[int]] = {}  # per prompt length, with its cold logits: the same for every q
+    cold_logits: dict[int, np.ndarray] = {}
     quanta = [q for q in (1, 2, 4, 8, 16, 32, 64) if q < block and block % q == 0] + [block]
     for quantum in quanta:
         past = quantum % block
@@ -177,11 +179,13 @@ def probe_hit_quantum(runner: Runner, chunk: int, block: int, seed: int = 0) -> 
         if not cases:
             return 0, "not measured: the context is too short for the probe"
         for hit, n in cases:
-            prompt = [int(t) for t in rng.integers(0, runner.vocab_size, n)]
             cold = _rest_pieces(0, n, chunk)
+            if n not in prompts:
+                prompts[n] = [int(t) for t in rng.integers(0, runner.vocab_size, n)]
+                cold_logits[n] = _last_logits(runner, prompts[n], cold)
             # The hit's KV as the cold prefill wrote it, then the rest again over it.
             cached = [piece for piece in cold if piece[0] < hit] + _rest_pieces(hit, n, chunk)
-            if not np.array_equal(_last_logits(runner, prompt, cold), _last_logits(runner, prompt, cached)):
+            if not np.array_equal(cold_logits[n], _last_logits(runner, prompts[n], cached)):
                 break
         else:
             where = "anywhere" if quantum == 1 else f"at multiples of {quantum} tokens"

@@ -58,6 +58,11 @@ class Runner(Protocol):
     # position), ...)) (SharedKVRunner); one without them serves with the cache off.
 
 
+def keeps_prefixes(runner: Runner) -> bool:
+    """Whether `runner` can hold a prefix cache's pool (a concat-KV runner cannot)."""
+    return hasattr(runner, "allocate_prefix_pool")
+
+
 @dataclass(frozen=True)
 class EngineStats:
     waiting: int
@@ -99,7 +104,7 @@ class GenerationEngine:
             return None
         if self.config.prefill_chunk % block_tokens:
             raise ValueError("prefix_block_tokens must divide prefill_chunk")
-        if not hasattr(self.runner, "allocate_prefix_pool"):
+        if not keeps_prefixes(self.runner):
             log.info("%s: this graph's runner keeps no prefix cache; every prompt is prefilled whole", name)
             return None
         slots, block_bytes = self.runner.allocate_prefix_pool(block_tokens, budget)

@@ -131,7 +131,7 @@ def open_prefill_session(package_dir: Path, manifest: Manifest,
     graph = manifest.prefill_graph
     if not has_prefill_graph(manifest, options):
         return None
-    session = open_package_session(package_dir, manifest, replace(options, thread_spinning=False),
+    session = open_package_session(package_dir, manifest, replace(options, thread_spinning="never"),
                                    model_file=graph.file)
     recipe = ", ".join(f"{key} {value}" for key, value in graph.quantization.items() if key in RECIPE_KEYS)
     log.info("%s: prefill runs on %s, up to %.0f MB more memory for its own copy of the weights "

@@ -30,7 +30,6 @@ class Block:
     key: bytes
     parent: Optional["Block"]
     tokens: tuple[int, ...]  # its ids, for a partial match
-    children: int = 0  # cached blocks that continue this one: it is not evictable while any do
     pins: int = 0  # requests copying from it or about to
 
 
@@ -62,7 +61,9 @@ class PrefixCache:
         self.slots = slots
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out slot 0 first
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()  # least recently used first
-        self._continuations: dict[bytes, dict[bytes, Block]] = {}  # parent key -> its cached children
+        # Parent key (_ROOT for first blocks) -> the cached blocks that continue it. A block that
+        # has any is not evictable.
+        self._continuations: dict[bytes, dict[bytes, Block]] = {}
         self._lookups = self._looked_up = self._hits = self._evictions = 0
 
     def _chain(self, tokens: Sequence[int], blocks: int):
@@ -97,10 +98,8 @@ class PrefixCache:
             length = _common_length(block.tokens, following)
             if length > best_length:
                 best, best_length = block, length
-        if best is not None:
+        if best is not None:  # its parents are not evictable while it is cached, whatever their age
             self._blocks.move_to_end(best.key)
-            for block in reversed(found):  # parents stay fresher than their children
-                self._blocks.move_to_end(block.key)
         return best, best_length
 
     def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
@@ -134,8 +133,6 @@ class PrefixCache:
                 ids = tuple(tokens[index * self.block_tokens : (index + 1) * self.block_tokens])
                 block = self._blocks[key] = Block(slot, key, parent, ids)
                 self._continuations.setdefault(parent.key if parent else _ROOT, {})[key] = block
-                if parent is not None:
-                    parent.children += 1
                 new.append(block)
                 stored.append((slot, index * self.block_tokens))
             parent = block
@@ -147,14 +144,13 @@ class PrefixCache:
         if self._free:
             return self._free.pop()
         for block in self._blocks.values():  # oldest first
-            if not block.children and not block.pins and block is not protect:
+            if block.key not in self._continuations and not block.pins and block is not protect:
                 del self._blocks[block.key]
-                siblings = self._continuations[block.parent.key if block.parent else _ROOT]
+                parent_key = block.parent.key if block.parent else _ROOT
+                siblings = self._continuations[parent_key]
                 del siblings[block.key]
                 if not siblings:
-                    del self._continuations[block.parent.key if block.parent else _ROOT]
-                if block.parent is not None:
-                    block.parent.children -= 1
+                    del self._continuations[parent_key]
                 self._evictions += 1
                 return block.slot
         return None

@@ -75,7 +75,8 @@ class SharedKVRunner:
         self.context_length = min(context_length or manifest.context_length, manifest.context_length)
         # Beside a prefill session the decode session's threads stop spinning when a step returns,
         # or they would take the cores from the prefill chunk that runs next.
-        decode_options = replace(options, spin_between_runs=False) if has_prefill_graph(manifest, options) else options
+        beside_prefill = has_prefill_graph(manifest, options)
+        decode_options = replace(options, thread_spinning="within_runs") if beside_prefill else options
         self.session, self.cuda_graph = open_decoder_session(package_dir, manifest, decode_options)
         self._graphs_may_fall_back = self.cuda_graph and options.cuda_graph == "auto"
         self._open_without_graphs = functools.partial(open_package_session, package_dir, manifest, decode_options)

@@ -24,7 +24,7 @@ from appliance.engine.chat import ChatTemplate
 from appliance.engine.classifier import Classifier
 from appliance.engine.embedder import Embedder
 from appliance.engine.encoder_session import DEFAULT_BATCH_TOKENS
-from appliance.engine.engine import GenerationEngine
+from appliance.engine.engine import GenerationEngine, keeps_prefixes
 from appliance.engine.providers import RuntimeOptions, device_name
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
@@ -198,8 +198,7 @@ def _load_decoder(model: ServedModel, manifest: Manifest, tokenizer: Tokenizer, 
                          measured[runner.provider].note)
             else:  # the same graph on the same kind of device: the first replica's measurement holds
                 runner.set_row_quantum(measured[runner.provider].row_quantum)
-            keeps_prefixes = scheduling.prefix_cache_bytes and hasattr(runner, "allocate_prefix_pool")
-            if keeps_prefixes and runner.provider not in hit_quanta:
+            if scheduling.prefix_cache_bytes and keeps_prefixes(runner) and runner.provider not in hit_quanta:
                 quantum, note = probe_hit_quantum(runner, scheduling.prefill_chunk, scheduling.prefix_block_tokens)
                 hit_quanta[runner.provider] = quantum
                 log.info("%s: prefix-cache hits on %s: %s", model.name, runner.provider, note)
