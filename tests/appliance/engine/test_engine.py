@@ -1,6 +1,7 @@
 """The engine on real packages (tokens equal to PyTorch, alone and batched) and on fakes."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -108,10 +109,22 @@ def fake_engine(max_batch=4, max_queue=64, **config):
 
 def test_requests_join_and_leave_the_batch_at_every_step():
     engine, runner = fake_engine(max_batch=4, prefill_chunk=3, max_step_tokens=8)
+    jobs = [([i + 1] * (2 + 3 * i), SamplingParams(max_tokens=5 + 7 * i, ignore_eos=True)) for i in range(10)]
+
+    def open_once_all_are_in():
+        # The fake steps take microseconds: without the gate the engine thread could finish a job
+        # inside one GIL switch interval, before the next job is submitted, and never share rows.
+        wait_for(lambda: engine.stats().admitted == len(jobs))
+        runner.gate.set()
+
+    opener = threading.Thread(target=open_once_all_are_in)
     try:
-        jobs = [([i + 1] * (2 + 3 * i), SamplingParams(max_tokens=5 + 7 * i, ignore_eos=True)) for i in range(10)]
+        runner.gate.clear()
+        opener.start()
         results = collect_many(engine, jobs)
     finally:
+        runner.gate.set()
+        opener.join()
         engine.close()
     for (prompt, params), events in zip(jobs, results):
         assert tokens_of(events) == expected_tokens(prompt, params.max_tokens)
