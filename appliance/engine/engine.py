@@ -298,3 +298,5 @@ class GenerationEngine:
         s = self.scheduler
         for request in s.requests():
             self._finish(request, RequestStatus.FINISHED_ERROR, self.output.failed(exc))
+        if s.cache is not None:  # the failed step's stores may not have happened: no hit may read them
+            s.cache.clear()

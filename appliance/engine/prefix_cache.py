@@ -140,6 +140,13 @@ class PrefixCache:
             self._blocks.move_to_end(block.key)
         return stored
 
+    def clear(self) -> None:
+        """Forgets every block (no request may hold a pin): after a failed step, whose blocks may
+        be indexed without their KV ever having been stored."""
+        self._free = list(range(self.slots - 1, -1, -1))
+        self._blocks.clear()
+        self._continuations.clear()
+
     def _take_slot(self, protect: Optional[Block]) -> Optional[int]:
         if self._free:
             return self._free.pop()

@@ -12,6 +12,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import CopyBlocks, Scheduler, SchedulerConfig, StoreBlocks
 from tests.appliance.engine.fakes import FakeRunner, FakeTokenizer, expected_tokens
 from tests.appliance.engine.streams import collect_many, tokens_of
+from tests.conftest import wait_for
 
 BLOCK = 8
 SYSTEM = list(range(1, 41))  # 40 tokens: five blocks
@@ -173,6 +174,29 @@ def test_a_completed_prompt_stores_its_new_whole_blocks():
     assert request.prefilled == 16 and [(c.start, len(c.tokens)) for c in batch.prefills] == [(16, 14)]
     ops = scheduler.commit(batch)
     assert ops == [StoreBlocks(0, ((2, 16),))]  # positions [16, 24); [24, 30) is not a whole block
+
+
+def test_a_store_that_fails_fails_the_step_and_leaves_no_block_without_its_kv():
+    engine, runner = engine_with_cache()
+    store, events = runner.store_blocks, []
+
+    def failing_store(slot, blocks):
+        raise RuntimeError("copy failed")
+
+    runner.store_blocks = failing_store
+    try:
+        engine.submit(SYSTEM + [50], SamplingParams(max_tokens=3, ignore_eos=True), events.append)
+        assert wait_for(lambda: events and events[-1].finish_reason is not None)
+        assert events[-1].finish_reason == "error"
+        assert wait_for(lambda: engine.stats().admitted == 0)
+        # The cache had indexed the prompt's five blocks before the copy into them failed.
+        assert engine.prefix_cache_stats().held_bytes == 0
+        runner.store_blocks = store
+        runner.prefills.clear()
+        assert tokens_of(collect_many(engine, [job(SYSTEM + [60])])[0]) == expected_tokens(SYSTEM + [60], 6)
+        assert runner.prefills[0][1] == 0  # a cold prefill, not a hit on blocks that hold nothing
+    finally:
+        engine.close()
 
 
 def test_with_cache_generated_a_finished_history_enters_the_cache():
