@@ -79,12 +79,15 @@ class DaemonContender:
                          if looked_up_after > looked_up else None)
 
     def first_token_times(self, conversations) -> list[float]:
-        """Each prompt alone, one after another: seconds to its first streamed token over gRPC."""
+        """Each prompt alone, one after another: seconds to its first streamed token over gRPC, on
+        a connected channel (a client connects once, not per request; the peers are timed in
+        their own process, with no connection at all)."""
         from appliance.async_client import AsyncApplianceClient
 
         async def run():
             times = []
             async with AsyncApplianceClient(self.target) as client:
+                await client.channel.channel_ready()
                 for messages in conversations:
                     start = time.perf_counter()
                     async for _ in self.stream(client, messages, 1):
