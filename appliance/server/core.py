@@ -104,7 +104,6 @@ class InferenceCore:
         self.usage = usage
         self.draining = False
         self.active_streams = 0  # generation streams of both doors; the drain waits for them
-        self.last_refusal = 0.0  # time.monotonic() of the last call refused for draining
 
     def caller(self, authorization: str, call: CallInfo, admitting: bool = True) -> ApiKey:
         """The key of an `authorization` value (UNAUTHENTICATED without a valid one); refuses new
@@ -112,7 +111,6 @@ class InferenceCore:
         key = self.auth.identify_header(authorization)
         call.key_id = key.id
         if admitting and self.draining:
-            self.last_refusal = time.monotonic()
             raise Draining("the server is draining; retry on another appliance")
         return key
 
