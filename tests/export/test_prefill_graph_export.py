@@ -66,7 +66,7 @@ def nbits_node(rng, name, source, out, k, n, zero_points):
     return node, tensors
 
 
-def random_layer_graph(folder, zero_points=False):
+def random_layer_graph(folder, zero_points=False, opset=17):
     """A layer's MatMulNBits (64 -> 24) feeding an LM head's (24 -> 8: K not a multiple of the block)."""
     rng = np.random.default_rng(3)
     layer, layer_weights = nbits_node(rng, "/model/layers.0/mlp/up_proj/MatMul_Q4", "x", "h", 64, 24, zero_points)
@@ -74,7 +74,7 @@ def random_layer_graph(folder, zero_points=False):
     graph = helper.make_graph([layer, head], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", 64])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", 8])],
                               layer_weights + head_weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
               size_threshold=0)
 
@@ -108,6 +108,23 @@ def test_the_int8_prefill_graph_computes_the_int4_weights_rows_apart(tmp_path, z
     # Each row quantized on its own, integer sums: a row's result does not depend on the others.
     for rows in (slice(0, 1), slice(0, 3), slice(3, 7)):
         assert np.array_equal(run_graph(tmp_path / "prefill.onnx", x[rows]), got[rows])
+
+
+def test_from_opset_21_one_blocked_quantizelinear_quantizes_the_rows_bit_for_bit_as_four_ops(tmp_path):
+    outputs = {}
+    for opset in (17, 21):
+        folder = tmp_path / f"opset-{opset}"
+        folder.mkdir()
+        random_layer_graph(folder, zero_points=True, opset=opset)  # the same weights: the same seed
+        write_int8_prefill_graph(folder, "model.onnx")
+        ops = [node.op_type for node in onnx.load(str(folder / "prefill.onnx"), load_external_data=False).graph.node]
+        assert ("QuantizeLinear" in ops, "Round" in ops) == ((True, False) if opset == 21 else (False, True))
+        x = np.random.default_rng(5).normal(size=(9, 64)).astype(np.float32)
+        x[4] *= 300
+        x[6] = 0  # an all-zero row: the scale's floor keeps it finite
+        outputs[opset] = run_graph(folder / "prefill.onnx", x)
+    assert np.isfinite(outputs[21]).all()
+    assert np.array_equal(outputs[17], outputs[21])
 
 
 def test_a_graph_without_layer_matmulnbits_gets_no_int8_prefill_graph(tmp_path):
