@@ -168,8 +168,8 @@ def probe_hit_quantum(runner: Runner, chunk: int, block: int, seed: int = 0) -> 
     another kernel path on some hosts). The runner must hold no sequence.
     """
     rng = np.random.default_rng(seed)
-    prompts: dict[int, list[int]] = {}  # per prompt length, with its cold logits: the same for every q
-    cold_logits: dict[int, np.ndarray] = {}
+    # Per prompt length, a prompt and its cold logits: the same for every q.
+    cold_runs: dict[int, tuple[list[int], np.ndarray]] = {}
     quanta = [q for q in (1, 2, 4, 8, 16, 32, 64) if q < block and block % q == 0] + [block]
     for quantum in quanta:
         past = quantum % block
@@ -180,12 +180,13 @@ def probe_hit_quantum(runner: Runner, chunk: int, block: int, seed: int = 0) -> 
             return 0, "not measured: the context is too short for the probe"
         for hit, n in cases:
             cold = _rest_pieces(0, n, chunk)
-            if n not in prompts:
-                prompts[n] = [int(t) for t in rng.integers(0, runner.vocab_size, n)]
-                cold_logits[n] = _last_logits(runner, prompts[n], cold)
+            if n not in cold_runs:
+                prompt = [int(t) for t in rng.integers(0, runner.vocab_size, n)]
+                cold_runs[n] = prompt, _last_logits(runner, prompt, cold)
+            prompt, cold_logits = cold_runs[n]
             # The hit's KV as the cold prefill wrote it, then the rest again over it.
             cached = [piece for piece in cold if piece[0] < hit] + _rest_pieces(hit, n, chunk)
-            if not np.array_equal(cold_logits[n], _last_logits(runner, prompts[n], cached)):
+            if not np.array_equal(cold_logits, _last_logits(runner, prompt, cached)):
                 break
         else:
             where = "anywhere" if quantum == 1 else f"at multiples of {quantum} tokens"

@@ -59,12 +59,13 @@ class PrefixCache:
         self.block_tokens = block_tokens
         self.block_bytes = block_bytes
         self.slots = slots
-        self._free = list(range(slots - 1, -1, -1))  # pop() hands out slot 0 first
+        self._free: list[int] = []  # pop() hands out slot 0 first
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()  # least recently used first
         # Parent key (_ROOT for first blocks) -> the cached blocks that continue it. A block that
         # has any is not evictable.
         self._continuations: dict[bytes, dict[bytes, Block]] = {}
         self._lookups = self._looked_up = self._hits = self._evictions = 0
+        self.clear()
 
     def _chain(self, tokens: Sequence[int], blocks: int):
         """(index, key) of the first `blocks` blocks of `tokens`."""
@@ -141,8 +142,8 @@ class PrefixCache:
         return stored
 
     def clear(self) -> None:
-        """Forgets every block (no request may hold a pin): after a failed step, whose blocks may
-        be indexed without their KV ever having been stored."""
+        """Forgets every block, every slot free (no request may hold a pin): the empty cache, and
+        the cache after a failed step, whose blocks may be indexed without their KV ever stored."""
         self._free = list(range(self.slots - 1, -1, -1))
         self._blocks.clear()
         self._continuations.clear()
