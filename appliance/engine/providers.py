@@ -31,11 +31,10 @@ class RuntimeOptions:
     prefill_graph: Literal["auto", "off"] = "auto"
     # Whether ORT's CPU threads flush subnormal floats to zero ([runtime] flush_denormals).
     flush_denormals: bool = True
-    # When idle intra-op threads spin waiting for work: "always" (ORT's default), "within_runs"
-    # (they stop when a run returns: a decode session beside a prefill session, whose chunk runs
-    # next on the same cores) or "never" (a prefill session: spinning after its chunk, its threads
-    # would take the cores the decode steps need).
-    thread_spinning: Literal["always", "within_runs", "never"] = "always"
+    # When idle intra-op threads spin waiting for work: "always" (ORT's default) or "within_runs"
+    # (they stop when a run returns: a decoder's decode and prefill sessions, each of whose runs is
+    # followed by the other's on the same cores).
+    thread_spinning: Literal["always", "within_runs"] = "always"
 
 
 def device_name(provider: str, device_id: int) -> str:
@@ -81,9 +80,7 @@ def create_session(model_path: str, options: RuntimeOptions, cuda_graph: bool = 
         # through a microcode assist, tens of times slower: unflushed, attention took three times
         # as long in a 1,000-token prefill (bench_engine.py --prompt-tokens 1000 --flush-denormals off).
         session_options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if options.thread_spinning == "never":
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    elif options.thread_spinning == "within_runs":
+    if options.thread_spinning == "within_runs":
         session_options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model_path, session_options, providers=provider_list(options, cuda_graph))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -36,6 +37,7 @@ from appliance.engine.device_buffers import CpuDevice, DeviceBuffer, device_for
 from appliance.engine.package_session import (has_prefill_graph, open_decoder_session, open_package_session,
                                                open_prefill_session)
 from appliance.engine.providers import RuntimeOptions
+from appliance.engine.row_mirrors import RowMirrors
 from appliance.errors import PackageError
 from appliance.model_package import Manifest
 
@@ -81,7 +83,7 @@ class SharedKVRunner:
         self._graphs_may_fall_back = self.cuda_graph and options.cuda_graph == "auto"
         self._open_without_graphs = functools.partial(open_package_session, package_dir, manifest, decode_options)
         self.provider = self.session.get_providers()[0]
-        self.device = device or device_for(self.session)
+        self.device = device or device_for(self.session, options.intra_op_threads or os.cpu_count() or 1)
         self.vocab_size = manifest.vocab_size
         self._dtypes = {spec.name: np.dtype(spec.dtype) for spec in (*manifest.io.inputs, *manifest.io.outputs)}
         self._prefill_options = self._run_options(SKIP_GRAPH)
@@ -96,6 +98,8 @@ class SharedKVRunner:
         self.row_quantum = 1
         self._pool: list[DeviceBuffer] = []  # prefix-cache blocks, per layer K and V [H, blocks * B, D]
         self._block_tokens = 0
+        self._mirrors = RowMirrors(1)  # which pool blocks rows still hold (row_mirrors.py)
+        self.blocks_not_copied = 0  # hit blocks a row already held, so load_blocks skipped them
         self._allocate(max_batch)
 
     def _run_options(self, graph_id: str) -> Optional[ort.RunOptions]:
@@ -121,6 +125,7 @@ class SharedKVRunner:
         self._host_logits = np.empty((rows, self.vocab_size), np.float32)  # where non-fp32 logits are widened
         self._decode_bindings: dict[int, tuple[ort.IOBinding, Optional[ort.RunOptions]]] = {}
         self._graph_epoch += 1
+        self._mirrors.clear()  # new rows hold nothing
 
     def set_row_quantum(self, quantum: int) -> None:
         """Pads every decode step to a multiple of `quantum` rows. Empties every row: call it
@@ -203,6 +208,7 @@ class SharedKVRunner:
         device.write(self._mask, row + start, np.ones(size, self._mask.dtype))
         if self._cached[slot] > end:  # a row that held more (a rewritten chunk) keeps no stale ones
             device.clear(self._mask, row + end, int(self._cached[slot]) - end)
+        self._mirrors.forget_positions(slot, start, end)
         session = self.prefill_session or self.session
         binding = session.io_binding()
         device.bind(binding, "input_ids", ids, 0, (1, size))
@@ -226,6 +232,7 @@ class SharedKVRunner:
         padded = min(_round_up(n, self.row_quantum), self._rows)
         device.write(self._ids, 0, token_ids)
         device.write_at(self._mask, self._row_starts[:n] + lengths, 1)
+        self._mirrors.forget_written(0, lengths)
         self._cached[:n] = lengths + 1
         if padded == n:  # the usual step: no spare rows to set up and clear
             self._run_decode(n)
@@ -233,6 +240,7 @@ class SharedKVRunner:
         # A spare row writes one throw-away position just past what it holds: an empty row's
         # position 0, or a prefilling row's next position, which its next chunk overwrites.
         spare = self._row_starts[n:padded] + self._cached[n:padded]
+        self._mirrors.forget_written(n, self._cached[n:padded])
         device.write(self._ids, n, np.zeros(padded - n, self._ids.dtype))
         device.write_at(self._mask, spare, 1)
         self._run_decode(padded)
@@ -241,15 +249,20 @@ class SharedKVRunner:
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copies row src's first `length` cached positions into row dst (slot compaction), on the device."""
-        layout, device = self.layout, self.device
-        for buffer in self._kv:  # [H, C, D] per row: H runs of length * D, C * D apart
-            device.copy_block(buffer, src * buffer.row_size, dst * buffer.row_size, length * layout.head_dim,
-                              layout.num_kv_heads, self.context_length * layout.head_dim)
+        layout, device, mirrors = self.layout, self.device, self._mirrors
+        mirrored = mirrors.blocks_of(src)
+        mirrors.forget_positions(dst, 0, length)
+        pitch = self.context_length * layout.head_dim  # [H, C, D] per row: H runs of length * D, C * D apart
+        device.copy_all([(buffer, src * buffer.row_size, pitch, buffer, dst * buffer.row_size, pitch,
+                          length * layout.head_dim, layout.num_kv_heads) for buffer in self._kv])
         starts = self._row_starts
         device.copy_block(self._mask, int(starts[src]), int(starts[dst]), length, 1, self.context_length)
         if self._cached[dst] > length:
             device.clear(self._mask, int(starts[dst]) + length, int(self._cached[dst]) - length)
         self._cached[dst] = length
+        for position, block in mirrored.items():
+            if position + self._block_tokens <= length:
+                mirrors.record(dst, block, position)
 
     def release(self, slot: int) -> None:
         if self._cached[slot]:
@@ -269,13 +282,14 @@ class SharedKVRunner:
         self._pool = [self.device.allocate("prefix_cache", shape, layout.dtype)
                       for _ in range(2 * layout.num_layers)] if blocks else []
         self._block_tokens = block_tokens
+        self._mirrors = RowMirrors(block_tokens)
         return blocks, block_bytes
 
     def _block_copies(self, slot: int, blocks, to_row: bool) -> None:
         """(pool block, first position) pairs copied on the device, into row `slot` or out of it:
         each run of consecutive blocks at consecutive positions is H runs of n * B * D elements,
         (blocks * B) * D apart in the pool and C * D apart in the row."""
-        layout, copy, size = self.layout, self.device.copy_between, self._block_tokens
+        layout, size, copies = self.layout, self._block_tokens, []
         row_pitch, heads = self.context_length * layout.head_dim, layout.num_kv_heads
         pool_pitch = self._pool[0].shape[1] * layout.head_dim  # every layer's pool has one shape
         for first, position, count in _runs(blocks, size):
@@ -283,18 +297,32 @@ class SharedKVRunner:
             for pool, kv in zip(self._pool, self._kv):
                 at_row = slot * kv.row_size + position * layout.head_dim
                 if to_row:
-                    copy(pool, at_pool, pool_pitch, kv, at_row, row_pitch, width, heads)
+                    copies.append((pool, at_pool, pool_pitch, kv, at_row, row_pitch, width, heads))
                 else:
-                    copy(kv, at_row, row_pitch, pool, at_pool, pool_pitch, width, heads)
+                    copies.append((kv, at_row, row_pitch, pool, at_pool, pool_pitch, width, heads))
+        self.device.copy_all(copies)
 
     def load_blocks(self, slot: int, blocks, length: int) -> None:
         """Copies pool blocks into row `slot`, block i at positions [i * B, (i + 1) * B), and marks
         the first `length` positions held (the row must be empty: a newly admitted request's). The
-        positions of a last, partly matched block past `length` are the prefill's to rewrite."""
-        self._block_copies(slot, [(block, i * self._block_tokens) for i, block in enumerate(blocks)], True)
+        positions of a last, partly matched block past `length` are the prefill's to rewrite.
+        Blocks the row still holds from its last request are not copied again (row_mirrors.py)."""
+        size, mirrors = self._block_tokens, self._mirrors
+        wanted = [(block, i * size) for i, block in enumerate(blocks)]
+        missing = [(block, position) for block, position in wanted if not mirrors.holds(slot, block, position)]
+        self.blocks_not_copied += len(wanted) - len(missing)
+        for _, position in missing:
+            mirrors.forget_positions(slot, position, position + size)
+        self._block_copies(slot, missing, True)
+        for block, position in missing:
+            mirrors.record(slot, block, position)
         self.device.write(self._mask, int(self._row_starts[slot]), np.ones(length, self._mask.dtype))
         self._cached[slot] = length
 
     def store_blocks(self, slot: int, blocks) -> None:
         """Copies row `slot`'s positions [p, p + B) into pool block b, for each (b, p)."""
+        for block, _ in blocks:
+            self._mirrors.forget_block(block)
         self._block_copies(slot, blocks, False)
+        for block, position in blocks:
+            self._mirrors.record(slot, block, position)

@@ -131,6 +131,85 @@ def test_a_prefix_cache_hit_copies_kv_only_on_the_device_and_computes_the_cold_l
     assert np.array_equal(cold, hit)
 
 
+def block_bytes(runner, block_tokens=8):
+    """Bytes of one prefix-cache block: K and V of every layer, fp32."""
+    layout = runner.layout
+    return 2 * layout.num_layers * layout.num_kv_heads * block_tokens * layout.head_dim * 4
+
+
+def test_a_hit_on_a_row_that_still_holds_its_blocks_copies_nothing_and_computes_the_cold_logits(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    cold, _ = through_the_pool(runner)  # row 0 stored the blocks; row 3 loaded them
+    rest = list(range(30, 58))[24:]
+    for row in (0, 3):  # the next request with the same prefix, in either row
+        runner.release(row)
+        device.traffic.clear()
+        skipped = runner.blocks_not_copied
+        runner.load_blocks(row, (2, 0, 1), 24)
+        assert device.traffic[ON_DEVICE, "kv"] == 0 and runner.blocks_not_copied - skipped == 3
+        assert np.array_equal(runner.prefill(row, rest, 24), cold)
+
+
+def test_a_row_copies_again_the_blocks_written_since_it_held_them(models_dir):
+    """A prefill over a block's positions, a decode step into one and a pool block stored anew
+    from another row each end a row's claim to that block: only those are copied again, and the
+    logits are still the cold prompt's."""
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    cold, _ = through_the_pool(runner)
+    prompt, other = list(range(30, 58)), [99] * 24
+    runner.release(0)
+    runner.prefill(3, other[:1], 8)  # row 3 rewrites position 8: pool slot 0's block there
+    runner.decode(np.asarray([7, 7, 7, 7]), np.asarray([0, 0, 0, 9]))  # row 0 writes position 0 (slot 2's)
+    for row in (0, 3):
+        runner.release(row)
+        device.traffic.clear()
+        runner.load_blocks(row, (2, 0, 1), 24)
+        assert device.traffic[ON_DEVICE, "kv"] == block_bytes(runner)  # the one block written since
+        assert np.array_equal(runner.prefill(row, prompt[24:], 24), cold)
+    runner.prefill(1, other, 0)
+    runner.store_blocks(1, ((2, 0),))  # pool slot 2 now holds row 1's first block, not the prompt's
+    runner.release(3)
+    device.traffic.clear()
+    runner.load_blocks(3, (2, 0, 1), 24)
+    assert device.traffic[ON_DEVICE, "kv"] == block_bytes(runner)
+
+
+def test_a_moved_row_takes_the_blocks_its_source_held_with_it(models_dir):
+    device = FakeDevice()
+    runner = open_runner(models_dir, device=device)
+    cold, _ = through_the_pool(runner)
+    runner.move(0, 2, 20)  # [0, 20): the blocks at 0 and 8 whole, the one at 16 in part
+    runner.release(0)
+    runner.release(2)
+    device.traffic.clear()
+    runner.load_blocks(2, (2, 0, 1), 24)
+    assert device.traffic[ON_DEVICE, "kv"] == block_bytes(runner)  # only the block at 16
+    assert np.array_equal(runner.prefill(2, list(range(30, 58))[24:], 24), cold)
+
+
+def test_a_large_batch_of_copies_split_over_two_threads_lands_where_one_thread_puts_it(models_dir, monkeypatch):
+    """Loads, stores and row moves as copy_all batches: split over a second thread, every KV byte
+    still lands where it would from one thread, and the traffic is counted once."""
+    monkeypatch.setattr(CpuDevice, "PARALLEL_COPY_ELEMENTS", 0)  # split even the tiny model's copies
+    results = []
+    for threads in (1, 2):
+        device = CpuDevice(threads)
+        runner = open_runner(models_dir, device=device)
+        logits = through_the_pool(runner)
+        runner.move(3, 1, 28)
+        # What was written: 28 positions of rows 0, 1 and 3, and pool slots 0-2 (the rest is
+        # whatever the allocator left there).
+        rows = [kv.host.reshape(kv.shape)[[0, 1, 3], :, :28].copy() for kv in runner._kv]
+        pool = [block.host.reshape(block.shape)[:, :24].copy() for block in runner._pool]
+        results.append((logits, rows, pool, dict(device.traffic)))
+    (one, two) = results
+    assert all(np.array_equal(a, b) for a, b in zip(one[0], two[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(one[1] + one[2], two[1] + two[2]))
+    assert one[3] == two[3] and one[3][ON_DEVICE, "kv"] > 0
+
+
 def test_cuda_graph_on_without_the_cuda_provider_is_refused_naming_the_setting(models_dir):
     with pytest.raises(PackageError, match=r"cuda_graph = on needs the CUDA execution provider"):
         open_runner(models_dir, cuda_graph="on")
