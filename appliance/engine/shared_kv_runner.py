@@ -50,6 +50,14 @@ def _round_up(n: int, quantum: int) -> int:
     return -(-n // quantum) * quantum
 
 
+def _touch(device: CpuDevice, buffer: DeviceBuffer) -> DeviceBuffer:
+    """Writes the whole of a new buffer, so that the host maps its pages now, at load, and the
+    daemon's memory shows the budget from the start. Untouched, the first requests paid for them:
+    a prompt's first stores into the prefix cache's pool took 2.5 ms instead of 0.6 (page faults)."""
+    device.clear(buffer, 0, buffer.size)
+    return buffer
+
+
 def _runs(blocks, block_tokens: int) -> list[tuple[int, int, int]]:
     """(first block, first position, count) of each run of (block, position) pairs where both
     advance by one block."""
@@ -113,8 +121,8 @@ class SharedKVRunner:
         layout, device, context = self.layout, self.device, self.context_length
         shape = (rows, layout.num_kv_heads, context, layout.head_dim)
         # Positions past a row's length are never read (GQA takes each row's length from the mask),
-        # so only the mask needs clearing.
-        self._kv = [device.allocate("kv", shape, layout.dtype) for _ in range(2 * layout.num_layers)]
+        # so only the mask needs clearing; the KV is written once all the same (_touch).
+        self._kv = [_touch(device, device.allocate("kv", shape, layout.dtype)) for _ in range(2 * layout.num_layers)]
         self._ids = device.allocate("input_ids", (rows, 1), self._dtypes["input_ids"])
         self._mask = device.allocate("attention_mask", (rows, context), self._dtypes["attention_mask"])
         device.clear(self._mask, 0, self._mask.size)
@@ -279,7 +287,7 @@ class SharedKVRunner:
         # Heads outermost, like a KV row's: consecutive blocks of a head are consecutive positions,
         # so a run of them copies to or from a row in one 2-D copy per layer.
         shape = (layout.num_kv_heads, blocks * block_tokens, layout.head_dim)
-        self._pool = [self.device.allocate("prefix_cache", shape, layout.dtype)
+        self._pool = [_touch(self.device, self.device.allocate("prefix_cache", shape, layout.dtype))
                       for _ in range(2 * layout.num_layers)] if blocks else []
         self._block_tokens = block_tokens
         self._mirrors = RowMirrors(block_tokens)

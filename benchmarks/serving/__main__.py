@@ -16,6 +16,7 @@ daemon is driven over loopback gRPC. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -104,14 +105,20 @@ def headline_prompts(prompts: Prompts, repeats: int) -> tuple[list, list]:
     return seen, unseen
 
 
-def headline(contender, prompts: Prompts, repeats: int) -> dict:
+def headlines(opened: dict, prompts: Prompts, repeats: int) -> dict:
+    """{name: {"seen_s", "unseen_s"}} of contenders started side by side, each idle while another
+    is timed: every repeat times each contender's unseen question, then its seen one, in turn, so
+    a slow minute on a shared machine weighs on all of them alike (timed one contender after
+    another, the seen-prefix ratio against OpenVINO moved from 0.8x to 1.2x between runs)."""
     seen, unseen = headline_prompts(prompts, repeats)
-    contender.first_token_times(seen[:1])  # the primer: the prefix is now one the contender has seen
-    times_seen, times_unseen = [], []
+    for contender in opened.values():
+        contender.first_token_times(seen[:1])  # the primer: the prefix is now one each has seen
+    out = {name: {"seen_s": [], "unseen_s": []} for name in opened}
     for k in range(repeats):
-        times_unseen += contender.first_token_times([unseen[k]])
-        times_seen += contender.first_token_times([seen[k + 1]])
-    return {"seen_s": times_seen, "unseen_s": times_unseen}
+        for name, contender in opened.items():
+            out[name]["unseen_s"] += contender.first_token_times([unseen[k]])
+            out[name]["seen_s"] += contender.first_token_times([seen[k + 1]])
+    return out
 
 
 def run_contender(contender, args, genai_capacity) -> dict:
@@ -138,10 +145,23 @@ def run_contender(contender, args, genai_capacity) -> dict:
                 out["at_genai_80"] = summary
         if genai_capacity and contender.name != "genai":
             out["at_genai_80"] = measure(0.8 * genai_capacity, "80% genai cap", args.measure_s)
-    if contender.name != "genai" and args.headline_repeats:
-        out["headline"] = headline(contender, contender.prompts, args.headline_repeats)
-        print("  " + report.headline_line(contender.name, out["headline"]), flush=True)
     return out
+
+
+def run_headlines(model: str, prompts: Prompts, args, results: dict) -> None:
+    """The first-token times of every contender but genai (which keeps no prefix cache), started
+    afresh side by side."""
+    names = [name for name in args.contenders if name != "genai"]
+    if not args.headline_repeats or not names:
+        return
+    with contextlib.ExitStack() as stack:
+        opened = {name: stack.enter_context(contenders.make(name, model, prompts, args)) for name in names}
+        print(f"{model}: first-token times of {', '.join(names)}, side by side", flush=True)
+        for name, contender in opened.items():
+            print(f"  {name}: {contender.describe()}", flush=True)
+        for name, head in headlines(opened, prompts, args.headline_repeats).items():
+            results.setdefault(name, {"runs": []})["headline"] = head
+            print("  " + report.headline_line(name, head), flush=True)
 
 
 def versions() -> dict:
@@ -179,7 +199,8 @@ def main(argv=None) -> int:
         if args.rebuild and "openvino" in args.contenders:
             models.openvino_model(model, rebuild=True)
         results, genai_capacity = {}, None
-        for name in args.contenders:
+        measures_load = args.rates is None or args.rates or (index == 0 and args.soak_requests)
+        for name in args.contenders if measures_load else ():
             with contenders.make(name, model, prompts, args) as c:
                 print(f"{model}: {name}: {c.describe()}", flush=True)
                 results[name] = run_contender(c, args, genai_capacity)
@@ -188,6 +209,7 @@ def main(argv=None) -> int:
                 if index == 0 and name == "daemon-cache" and args.soak_requests:
                     results[name]["soak"] = soak(c, args.soak_requests)
                     print("\n".join("  " + line for line in report.soak_lines(results[name]["soak"])), flush=True)
+        run_headlines(model, prompts, args, results)
         everything["models"][model] = results
         rows = [report.row(name, run["load"], run["rate"], run) for name, r in results.items() for run in r["runs"]]
         if rows:
