@@ -130,9 +130,11 @@ class CpuDevice:
             self._count(ON_DEVICE, args[3], args[-1] * args[-2])
         shares = [copies[i::self._copy_threads] for i in range(self._copy_threads)]
         others = [self._copy_pool.submit(self._copy_share, share) for share in shares[1:]]
-        self._copy_share(shares[0])
-        for other in others:
-            other.result()
+        try:
+            self._copy_share(shares[0])
+        finally:  # even where this share failed, no copy may still be running when the caller goes on
+            for other in others:
+                other.result()
 
     def _copy_share(self, copies: list[tuple]) -> None:
         for args in copies:

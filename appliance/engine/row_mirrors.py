@@ -5,8 +5,9 @@ next request admitted to that row shares its prefix (the next question behind th
 prompt, the next turn of the same chat), the positions the hit would copy from the pool may already
 hold exactly that block, because the pool block was stored from this row, or copied into it, and
 neither side has been written since. The runner then skips those copies (llama.cpp reuses a slot's
-cache the same way). On a 1,000-token hit of the SmolLM-135M shape that copy is 9 ms of a 75 ms
-first token on this machine's CPU.
+cache the same way). On a 1,000-token hit of the SmolLM-135M shape on this machine's two cores the
+copy took 9 ms of a 79 ms first token on one thread, 5-6 ms on two; skipped, the first token came
+in 69 ms (the in-process engine, 30 hits each way, interleaved).
 
 Exactness rests on seeing every write: the runner calls `forget_block` before anything overwrites a
 pool block (only store_blocks does), `forget_positions` before a run or copy writes a row's
