@@ -55,7 +55,9 @@ class Runner(Protocol):
 
     # A runner that keeps a prefix cache also has allocate_prefix_pool(block_tokens, budget_bytes)
     # -> (slots, block_bytes), load_blocks(slot, pool_slots, length) and store_blocks(slot, ((pool_slot,
-    # position), ...)) (SharedKVRunner); one without them serves with the cache off.
+    # position), ...)) (SharedKVRunner); one without them serves with the cache off. One that also has
+    # idle_row(pool_slots) -> row places a request admitted while none is held in that row, and
+    # then decodes it there alone: decode(token_ids, lengths, first_row=row).
 
 
 def keeps_prefixes(runner: Runner) -> bool:
@@ -85,7 +87,8 @@ class GenerationEngine:
         if self.config.max_batch > runner.max_batch:
             raise ValueError("scheduler max_batch exceeds the runner's KV rows")
         self.prefix_cache = self._open_prefix_cache(name)
-        self.scheduler = Scheduler(self.config, self.prefix_cache)
+        idle_row = getattr(runner, "idle_row", None) if self.prefix_cache is not None else None
+        self.scheduler = Scheduler(self.config, self.prefix_cache, idle_row)
         self._inbox: queue.SimpleQueue[Optional[GenerationRequest]] = queue.SimpleQueue()
         self._admitted = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
@@ -228,6 +231,7 @@ class GenerationEngine:
         batch = self.scheduler.schedule()
         if batch.empty:
             return
+        self._apply(batch.moves)
         self._apply(batch.copies)
         prompt_logits = []
         for chunk in batch.prefills:
@@ -240,7 +244,9 @@ class GenerationEngine:
         if batch.decode:
             tokens = np.fromiter((r.output_ids[-1] for r in batch.decode), np.int64, len(batch.decode))
             lengths = np.fromiter((r.cached_tokens for r in batch.decode), np.int64, len(batch.decode))
-            decode_logits = self.runner.decode(tokens, lengths)  # [n, vocab]
+            first_row = batch.decode[0].row  # 0, but for a lone request where idle_row put it
+            decode_logits = (self.runner.decode(tokens, lengths, first_row=first_row) if first_row
+                             else self.runner.decode(tokens, lengths))  # [n, vocab]
         self._apply(self.scheduler.commit(batch))
         self.delivery.begin_step()
         try:

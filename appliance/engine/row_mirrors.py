@@ -62,6 +62,18 @@ class RowMirrors:
             if self._rows.get(row):
                 self._drop(row, position - position % size)
 
+    def rows_holding(self, blocks) -> dict[int, int]:
+        """{row: how many of `blocks` it holds in place}, block i at position i * B."""
+        size, found = self.block_tokens, {}
+        for index, block in enumerate(blocks):
+            for row, position in self._holders.get(block, ()):
+                if position == index * size:
+                    found[row] = found.get(row, 0) + 1
+        return found
+
+    def blocks_held(self, row: int) -> int:
+        return len(self._rows.get(row, ()))
+
     def blocks_of(self, row: int) -> dict[int, int]:
         """{first position: pool block} that row `row` equals (a copy)."""
         return dict(self._rows.get(row, {}))

@@ -12,13 +12,20 @@ With a prefix cache (prefix_cache.py), a request admitted to a row first gets th
 prefix of its prompt copied into that row (CopyBlocks, before the step's runs) and prefills only
 the rest; a completed prompt's blocks, and with `cache_generated` a finished request's history,
 are stored into the pool (StoreBlocks) before anything moves over its row.
+
+A released row keeps its KV, so a request admitted while no other is held may be given another
+row than 0 (`idle_row`, the runner's choice: the row that still holds its cached prefix, or one
+that holds least of the cache). It runs there alone; the next request admitted first moves it to
+row 0 (`Batch.moves`), and the invariant above holds again. A support bot's next question, or a
+chat's next turn, then finds its prefix in place although a request with another prefix ran in
+between.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from appliance.engine.prefix_cache import PrefixCache
 from appliance.engine.request import GenerationRequest, RequestStatus
@@ -100,6 +107,9 @@ class PrefillChunk:
 
 @dataclass
 class Batch:
+    # Row operations before anything else runs: the lone request of an idle admission moved to
+    # row 0, so that the request admitted now can join it.
+    moves: list[RowOp] = field(default_factory=list)
     prefills: list[PrefillChunk] = field(default_factory=list)
     # Cached prefixes to copy into newly admitted rows, before any prefill runs.
     copies: list[CopyBlocks] = field(default_factory=list)
@@ -112,9 +122,13 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, cache: Optional[PrefixCache] = None):
+    def __init__(self, config: SchedulerConfig, cache: Optional[PrefixCache] = None,
+                 idle_row: Optional[Callable[[tuple[int, ...]], int]] = None):
+        """idle_row: the row for a request admitted while none is held, given its hit's pool slots
+        (without it, such a request takes row 0 like any other)."""
         self.config = config
         self.cache = cache
+        self.idle_row = idle_row
         self.waiting: deque[GenerationRequest] = deque()
         self.running: list[GenerationRequest] = []  # index == row
         self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
@@ -150,8 +164,10 @@ class Scheduler:
             if size > budget and batch.prefills:
                 break
             if request.row < 0:
+                if self.running and self.running[0].row != 0:  # a lone request elsewhere: contiguity first
+                    batch.moves += self._bring_to_row_0(self.running[0])
                 self.waiting.popleft()
-                request.row = rows_taken
+                request.row = self._admission_row(hit, rows_taken)
                 request.status = RequestStatus.PREFILLING
                 self.prefilling = request
                 self._admit(request, hit, hit_tokens, batch)
@@ -161,9 +177,21 @@ class Scheduler:
                 break  # the rest of this prompt waits for the next step; nobody queues behind it
             self.prefilling = None
             rows_taken += 1
+            if request.row != rows_taken - 1:
+                break  # admitted to another row while idle: it runs alone for now
         # Prompts completed in this batch become running rows, in row order, after the step.
         self._pending_running = [c.request for c in batch.prefills if c.completes_prompt]
         return batch
+
+    def _admission_row(self, hit: list, rows_taken: int) -> int:
+        """Row rows_taken, or where the engine holds no request, the runner's idle_row."""
+        if self.idle_row is None or self.running or rows_taken:
+            return rows_taken
+        return self.idle_row(tuple(block.slot for block in hit))
+
+    def _bring_to_row_0(self, request: GenerationRequest) -> list[RowOp]:
+        row = request.row
+        return [self._relocate(request, 0), ReleaseRow(row)]
 
     def _chunk_size(self, request: GenerationRequest, start: int, hit_tokens: int) -> int:
         """Tokens of the prompt's chunk that starts at `start`: up to the next multiple of
@@ -246,7 +274,8 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
         self._pending_running = []
-        if self.prefilling is not None and self.prefilling.row != len(self.running):
+        # (A prefilling request with no running one may sit in its idle_row.)
+        if self.prefilling is not None and self.running and self.prefilling.row != len(self.running):
             ops.append(self._relocate(self.prefilling, len(self.running)))
         return ops
 
@@ -266,19 +295,21 @@ class Scheduler:
         request.status = status
         if request in self._pending_running:  # its step failed before commit
             self._pending_running.remove(request)
-        # Compaction always empties the highest occupied row, whichever request left.
-        highest_row = len(self.running) - (self.prefilling is None)
-        had_row = request.row >= 0
+        # Compaction empties the highest occupied row (a lone request's own, wherever it is),
+        # whichever request left.
+        freed, had_row = request.row, request.row >= 0
         if request is self.prefilling:
             self.prefilling = None
         elif request in self.running:
-            row = request.row
-            last = len(self.running) - 1
-            if row != last:
-                ops.append(self._relocate(self.running[last], row))
-                self.running[row] = self.running[last]
+            index, last = self.running.index(request), len(self.running) - 1
+            if index != last:
+                moved = self.running[last]
+                freed = moved.row
+                ops.append(self._relocate(moved, request.row))
+                self.running[index] = moved
             self.running.pop()
             if self.prefilling is not None:
+                freed = self.prefilling.row
                 ops.append(self._relocate(self.prefilling, len(self.running)))
         else:
             try:
@@ -287,7 +318,7 @@ class Scheduler:
                 pass
         request.row = -1
         if had_row:
-            ops.append(ReleaseRow(highest_row))
+            ops.append(ReleaseRow(freed))
         return ops
 
     def _relocate(self, request: GenerationRequest, row: int) -> MoveRow:

@@ -131,7 +131,8 @@ class SharedKVRunner:
         self._row_starts = np.arange(rows, dtype=np.int64) * context  # mask offset of each row
         self._cached = np.zeros(rows, np.int64)  # positions each row holds (ones in its mask)
         self._host_logits = np.empty((rows, self.vocab_size), np.float32)  # where non-fp32 logits are widened
-        self._decode_bindings: dict[int, tuple[ort.IOBinding, Optional[ort.RunOptions]]] = {}
+        # (first row, rows) -> the decode step's binding and run options
+        self._decode_bindings: dict[tuple[int, int], tuple[ort.IOBinding, Optional[ort.RunOptions]]] = {}
         self._graph_epoch += 1
         self._mirrors.clear()  # new rows hold nothing
 
@@ -158,15 +159,17 @@ class SharedKVRunner:
                 bind(binding, past % layer, buffer, first_row, shape)
                 bind(binding, present % layer, buffer, first_row, shape, output=True)
 
-    def _decode_binding(self, n: int) -> tuple[ort.IOBinding, Optional[ort.RunOptions]]:
-        found = self._decode_bindings.get(n)
+    def _decode_binding(self, n: int, first_row: int) -> tuple[ort.IOBinding, Optional[ort.RunOptions]]:
+        """KV rows and mask rows first_row.. (the ids and logits always fill their buffers' first n)."""
+        found = self._decode_bindings.get((first_row, n))
         if found is None:
             binding, bind = self.session.io_binding(), self.device.bind
             bind(binding, "input_ids", self._ids, 0, (n, 1))
-            bind(binding, "attention_mask", self._mask, 0, (n, self.context_length))
+            bind(binding, "attention_mask", self._mask, first_row, (n, self.context_length))
             bind(binding, "logits", self._logits, 0, (n, 1, self.vocab_size), output=True)
-            self._bind_kv(binding, 0, n)
-            found = self._decode_bindings[n] = binding, self._run_options(str(self._graph_epoch * 1000 + n))
+            self._bind_kv(binding, first_row, n)
+            graph_id = (self._graph_epoch * 1000 + first_row) * 1000 + n
+            found = self._decode_bindings[first_row, n] = binding, self._run_options(str(graph_id))
         return found
 
     def _run(self, binding: ort.IOBinding, options: Optional[ort.RunOptions],
@@ -174,9 +177,9 @@ class SharedKVRunner:
         self.device.before_run()
         (session or self.session).run_with_iobinding(binding, options)
 
-    def _run_decode(self, rows: int) -> None:
+    def _run_decode(self, rows: int, first_row: int) -> None:
         try:
-            self._run(*self._decode_binding(rows))
+            self._run(*self._decode_binding(rows, first_row))
         except Exception as exc:
             if not self._graphs_may_fall_back:
                 raise
@@ -185,7 +188,7 @@ class SharedKVRunner:
             self.session, self.cuda_graph, self._graphs_may_fall_back = self._open_without_graphs(), False, False
             self._decode_bindings = {}
             self._prefill_options = None
-            self._run(*self._decode_binding(rows))
+            self._run(*self._decode_binding(rows, first_row))
 
     def _widened(self, logits: np.ndarray, rows: int) -> np.ndarray:
         """[rows, vocab] float32 on the host (an fp16 graph's logits are widened for the sampler)."""
@@ -231,27 +234,30 @@ class SharedKVRunner:
         # A copy: a step may prefill several rows before it samples any.
         return np.array(device.read(logits, (positions - 1) * self.vocab_size, self.vocab_size), np.float32)
 
-    def decode(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """One token for each of rows 0..n-1; lengths[i] tokens are already cached in row i.
+    def decode(self, token_ids: np.ndarray, lengths: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """One token for each of rows first_row..first_row+n-1; lengths[i] tokens are already cached
+        in row first_row + i (first_row > 0: a lone request in the row idle_row gave it).
 
         Returns logits [n, vocab], a view that the next step overwrites.
         """
         n, device = len(token_ids), self.device
-        padded = min(_round_up(n, self.row_quantum), self._rows)
+        rows = slice(first_row, first_row + n)
+        padded = min(_round_up(n, self.row_quantum), self._rows - first_row)
         device.write(self._ids, 0, token_ids)
-        device.write_at(self._mask, self._row_starts[:n] + lengths, 1)
-        self._mirrors.forget_written(0, lengths)
-        self._cached[:n] = lengths + 1
+        device.write_at(self._mask, self._row_starts[rows] + lengths, 1)
+        self._mirrors.forget_written(first_row, lengths)
+        self._cached[rows] = lengths + 1
         if padded == n:  # the usual step: no spare rows to set up and clear
-            self._run_decode(n)
+            self._run_decode(n, first_row)
             return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
         # A spare row writes one throw-away position just past what it holds: an empty row's
         # position 0, or a prefilling row's next position, which its next chunk overwrites.
-        spare = self._row_starts[n:padded] + self._cached[n:padded]
-        self._mirrors.forget_written(n, self._cached[n:padded])
+        spares = slice(first_row + n, first_row + padded)
+        spare = self._row_starts[spares] + self._cached[spares]
+        self._mirrors.forget_written(first_row + n, self._cached[spares])
         device.write(self._ids, n, np.zeros(padded - n, self._ids.dtype))
         device.write_at(self._mask, spare, 1)
-        self._run_decode(padded)
+        self._run_decode(padded, first_row)
         device.write_at(self._mask, spare, 0)
         return self._widened(device.read(self._logits, 0, n * self.vocab_size), n)
 
@@ -271,6 +277,22 @@ class SharedKVRunner:
         for position, block in mirrored.items():
             if position + self._block_tokens <= length:
                 mirrors.record(dst, block, position)
+
+    def idle_row(self, pool_slots: tuple[int, ...]) -> int:
+        """The row for a request admitted while no other is held (the scheduler keeps it there
+        while it runs alone), given the pool slots of its cached prefix (none: a miss): the row that
+        still holds most of those blocks, so the hit copies least; else the row that holds the
+        fewest blocks of the cache, so that a row another prefix may find waiting is kept. Row 0
+        under CUDA graphs, which would capture a graph per row. Rows whose padded step would
+        outrun the buffers are not offered."""
+        if self.cuda_graph or not self._pool:
+            return 0
+        rows, mirrors = range(self._rows - self.row_quantum + 1), self._mirrors
+        held = mirrors.rows_holding(pool_slots)
+        best = max(rows, key=lambda row: (held.get(row, 0), -row))
+        if held.get(best):
+            return best
+        return min(rows, key=lambda row: (mirrors.blocks_held(row), row))
 
     def release(self, slot: int) -> None:
         if self._cached[slot]:

@@ -35,15 +35,16 @@ class FakeRunner:
         self.rows[slot] = self.rows[slot][:start] + list(token_ids)
         return self._logits(slot)
 
-    def decode(self, token_ids, lengths):
+    def decode(self, token_ids, lengths, first_row=0):
         self.gate.wait(10)
         self.steps += 1
         self.decode_sizes.append(len(token_ids))
         out = np.zeros((len(token_ids), self.vocab), np.float32)
-        for row, (token, length) in enumerate(zip(token_ids, lengths)):
+        for index, (token, length) in enumerate(zip(token_ids, lengths)):
+            row = first_row + index
             assert len(self.rows[row]) == length, f"row {row} holds {len(self.rows[row])} tokens, engine says {length}"
             self.rows[row].append(int(token))
-            out[row] = self._logits(row)
+            out[index] = self._logits(row)
         return out
 
     def move(self, src, dst, length):

@@ -1,6 +1,7 @@
 """The prefix cache's logic with fake runners: hits, partial hits, chunk cuts, eviction, pinning,
 cancellation between a match and its copy, and budget 0 turning it off."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from appliance.engine.engine import GenerationEngine
 from appliance.engine.prefix_cache import PrefixCache
 from appliance.engine.request import GenerationRequest, RequestStatus
 from appliance.engine.sampling import SamplingParams
-from appliance.engine.scheduler import CopyBlocks, Scheduler, SchedulerConfig, StoreBlocks
+from appliance.engine.scheduler import CopyBlocks, ReleaseRow, Scheduler, SchedulerConfig, StoreBlocks
 from tests.appliance.engine.fakes import FakeRunner, FakeTokenizer, expected_tokens
 from tests.appliance.engine.streams import collect_many, tokens_of
 from tests.conftest import wait_for
@@ -380,3 +381,76 @@ def test_partial_hits_through_the_engine_give_the_tokens_of_cold_runs():
         assert engine.prefix_cache_stats().hit_tokens == 33 + 35 + 37 + 39  # the first job's lookup missed
     finally:
         engine.close()
+
+
+class RowChoosingFakeRunner(PooledFakeRunner):
+    """A pooled fake whose idle_row always answers `idle`, and whose decode takes a first row."""
+
+    def __init__(self, idle, **kwargs):
+        super().__init__(**kwargs)
+        self.idle, self.asked, self.first_rows = idle, [], []
+
+    def idle_row(self, pool_slots):
+        self.asked.append(tuple(pool_slots))
+        return self.idle
+
+    def decode(self, token_ids, lengths, first_row=0):
+        self.first_rows.append(first_row)
+        return super().decode(token_ids, lengths, first_row)
+
+
+def engine_choosing_rows(idle):
+    runner = RowChoosingFakeRunner(idle, max_batch=4)
+    config = SchedulerConfig(max_batch=4, max_step_tokens=64, prefill_chunk=16, prefix_cache_bytes=1600,
+                             prefix_block_tokens=BLOCK)
+    return GenerationEngine(runner, FakeTokenizer(), eos_token_ids=[], config=config), runner
+
+
+def test_a_request_admitted_while_idle_prefills_and_decodes_alone_in_the_runners_row():
+    engine, runner = engine_choosing_rows(idle=2)
+    try:
+        first, second = SYSTEM + [50], SYSTEM + [60, 61]
+        assert tokens_of(collect_many(engine, [job(first)])[0]) == expected_tokens(first, 6)
+        assert tokens_of(collect_many(engine, [job(second)])[0]) == expected_tokens(second, 6)
+        assert runner.asked == [(), tuple(range(5))]  # a miss, then the five cached blocks
+        assert {slot for slot, _, _ in runner.prefills} == {2} and set(runner.first_rows) == {2}
+        assert all(not row for row in runner.rows)  # row 2 released after each
+    finally:
+        engine.close()
+
+
+def test_the_next_request_admitted_moves_the_lone_one_to_row_0_first():
+    engine, runner = engine_choosing_rows(idle=3)
+    try:
+        jobs = [job(SYSTEM + [50], 8), job(SYSTEM + [60, 61], 5), job([9] * 20, 4)]
+        runner.gate.clear()  # no step ends before all three are submitted
+        results = []
+        collecting = threading.Thread(target=lambda: results.append(collect_many(engine, jobs)))
+        collecting.start()
+        wait_for(lambda: engine.stats().admitted == 3)
+        runner.gate.set()
+        collecting.join(30)
+        assert [tokens_of(events) for events in results[0]] == [expected_tokens(p, s.max_tokens) for p, s in jobs]
+        # The first prefilled its three chunks alone in row 3; the next step moved it to row 0
+        # before the others joined it in rows 1 and 2, and every decode step ran rows 0.. from then on.
+        rows = [slot for slot, _, _ in runner.prefills]
+        assert rows[:3] == [3, 3, 3] and set(rows[3:]) == {1, 2}
+        assert set(runner.first_rows) == {0} and max(runner.decode_sizes) == 3
+    finally:
+        engine.close()
+
+
+def test_a_lone_request_in_another_row_frees_that_row_whenever_it_leaves():
+    scheduler = Scheduler(SchedulerConfig(max_batch=4, max_step_tokens=64, prefill_chunk=16),
+                          PrefixCache(8, BLOCK, 100), idle_row=lambda slots: 3)
+    prompting, batch = admit(scheduler, [5] * 20)  # two chunks: it prefills in row 3 across steps
+    for _ in range(2):
+        assert [chunk.request.row for chunk in batch.prefills] == [3] and not batch.moves
+        scheduler.commit(batch)
+        batch = scheduler.schedule()
+    assert batch.decode == [prompting] and prompting.row == 3  # it decodes there, alone
+    scheduler.commit(batch)
+    assert scheduler.finish(prompting, RequestStatus.FINISHED_STOPPED) == [ReleaseRow(3)]
+    cancelled, batch = admit(scheduler, [6] * 20)
+    scheduler.commit(batch)  # its first chunk: still prefilling in row 3
+    assert scheduler.finish(cancelled, RequestStatus.FINISHED_CANCELLED) == [ReleaseRow(3)]

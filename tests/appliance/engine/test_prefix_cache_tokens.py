@@ -76,6 +76,30 @@ def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, hits, model
     assert stats.hit_tokens >= len(jobs) * 48  # every lookup after the first hit most of its prefix
 
 
+def test_a_prefix_met_again_after_another_ran_is_found_in_its_own_row_and_not_copied(models_dir):
+    """Two prefixes in turn, one request at a time: each is admitted to the row its prefix's last
+    request left (idle_row), so no hit copies a block, and the tokens are still the cold ones."""
+    path = models_dir / "llama"
+    vocab = open_package(path).vocab_size
+    rng = np.random.default_rng(3)
+    shared, other = ([int(t) for t in rng.integers(10, vocab - 10, 64)] for _ in range(2))
+    jobs = [(prefix + [int(t) for t in rng.integers(10, vocab - 10, 5)],
+             SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for prefix in (shared, other) * 3]
+    cold = engine_for(path, 0)
+    try:
+        expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
+    finally:
+        cold.close()
+    cached = engine_for(path, 10**7)
+    try:
+        got = [outputs(collect_many(cached, [job])[0]) for job in jobs]
+        stats, not_copied = cached.prefix_cache_stats(), cached.runner.blocks_not_copied
+    finally:
+        cached.close()
+    assert got == expected
+    assert stats.hit_tokens == 4 * 64 and not_copied == 4 * 64 // BLOCK  # the last four hit, in place
+
+
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_chat_templates_render_each_turn_as_a_token_prefix_of_the_next(model, models_dir):
     path = models_dir / model
