@@ -130,8 +130,9 @@ class Scheduler:
         self.cache = cache
         self.idle_row = idle_row
         self.waiting: deque[GenerationRequest] = deque()
-        self.running: list[GenerationRequest] = []  # index == row
-        self.prefilling: Optional[GenerationRequest] = None  # at row len(running)
+        # index == row (but for a lone request in its idle_row)
+        self.running: list[GenerationRequest] = []
+        self.prefilling: Optional[GenerationRequest] = None  # at row len(running) (or alone, its idle_row)
         self._pending_running: list[GenerationRequest] = []
 
     @property
