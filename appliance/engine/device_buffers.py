@@ -3,9 +3,10 @@
 The runner never touches device memory itself. It asks a Device for a DeviceBuffer (allocated by
 ORT's own allocator, so the memory lives where the session computes), binds row ranges of it to
 the graph by pointer and shape, and moves bytes only through `write`, `write_at`, `read`,
-`copy_block`, `copy_between` (`copy_all` for many at once) and `clear`. Offsets and sizes count elements of the buffer's dtype, from its start.
-Each call adds its bytes to `traffic`, per direction and buffer name: that is how a test shows
-what a decode step moves between host and device.
+`copy_block`, `copy_between` (`copy_all` for many at once) and `clear`. Offsets and sizes count
+elements of the buffer's dtype, from its start. Each call adds its bytes to `traffic`, per
+direction and buffer name: that is how a test shows what a decode step moves between host and
+device.
 
 CpuDevice: the memory is host memory, so reads are views and copies are numpy's.
 CudaDevice: the CUDA runtime's own copies (cudaMemcpy, cudaMemcpy2D, cudaMemset) through ctypes,
