@@ -91,13 +91,14 @@ class PrefixCache:
         """After the whole blocks `found` (match's answer for `tokens`), the cached block that
         continues them with the longest run of tokens' next ids, and that run's length (at most
         `most_tokens`, less than a block); (None, 0) where none shares even its first id. Marks
-        the block used."""
+        the block used. Of equally long runs, the block stored last wins: it is the one a KV row
+        most likely still holds, so the hit need not copy it (row_mirrors.py)."""
         start = len(found) * self.block_tokens
         following = tuple(tokens[start : start + min(most_tokens, self.block_tokens)])
         best, best_length = None, 0
-        for block in self._continuations.get(found[-1].key if found else _ROOT, {}).values():
+        for block in self._continuations.get(found[-1].key if found else _ROOT, {}).values():  # oldest first
             length = _common_length(block.tokens, following)
-            if length > best_length:
+            if length and length >= best_length:
                 best, best_length = block, length
         if best is not None:  # its parents are not evictable while it is cached, whatever their age
             self._blocks.move_to_end(best.key)

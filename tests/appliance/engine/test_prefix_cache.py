@@ -319,6 +319,15 @@ def test_a_partial_match_finds_the_cached_continuation_with_the_longest_run_of_n
     assert cache.match_partial(SYSTEM[:5], [], 5)[1] == 5  # the root's continuations too
 
 
+def test_of_equally_long_partial_matches_the_block_stored_last_wins():
+    cache = PrefixCache(8, BLOCK, 100)
+    for question in ([1, 2, 3, 4], [5, 6, 7, 8]):  # two continuations sharing their first four ids
+        cache.insert(SYSTEM[:12] + question, 16)
+    found = cache.match(SYSTEM[:12] + [9], 1)
+    block, length = cache.match_partial(SYSTEM[:12] + [9], found, 4)
+    assert length == 4 and block.tokens == tuple(SYSTEM[8:12] + [5, 6, 7, 8])
+
+
 def test_an_evicted_block_is_no_partial_match_any_more():
     cache = PrefixCache(2, BLOCK, 100)
     cache.insert(SYSTEM[:8], 8)
