@@ -122,13 +122,13 @@ class CpuDevice:
     def copy_all(self, copies: list[tuple]) -> None:
         """Runs copy_between(*args) for each args in `copies` (disjoint destinations), a large
         batch split over the copy threads."""
-        elements = sum(args[-1] * args[-2] for args in copies)
-        if self._copy_pool is None or elements < self.PARALLEL_COPY_ELEMENTS:
-            for args in copies:
-                self.copy_between(*args)
-            return
+        elements = 0
         for args in copies:  # counted here: a Counter is not safe to update from several threads
             self._count(ON_DEVICE, args[3], args[-1] * args[-2])
+            elements += args[-1] * args[-2]
+        if self._copy_pool is None or elements < self.PARALLEL_COPY_ELEMENTS:
+            self._copy_share(copies)
+            return
         shares = [copies[i::self._copy_threads] for i in range(self._copy_threads)]
         others = [self._copy_pool.submit(self._copy_share, share) for share in shares[1:]]
         try:
@@ -200,9 +200,8 @@ class CudaDevice(CpuDevice):
                   count * buffer.dtype.itemsize, self._DEFAULT_KIND)
         return staging[:count]
 
-    def copy_between(self, src: DeviceBuffer, src_offset: int, src_pitch: int, dst: DeviceBuffer,
-                     dst_offset: int, dst_pitch: int, width: int, height: int) -> None:
-        self._count(ON_DEVICE, dst, width * height)
+    def _copy(self, src: DeviceBuffer, src_offset: int, src_pitch: int, dst: DeviceBuffer,
+              dst_offset: int, dst_pitch: int, width: int, height: int) -> None:
         size = src.dtype.itemsize
         self._run("cudaMemcpy2D", ctypes.c_void_p(dst.address(dst_offset)), dst_pitch * size,
                   ctypes.c_void_p(src.address(src_offset)), src_pitch * size, width * size, height,
