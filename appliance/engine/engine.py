@@ -94,6 +94,7 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._admitting = True
         self._closed = False
+        self._held_ops: Optional[list[RowOp]] = None  # a step's row operations, run after its tokens are out
         # Monotonic time the loop last went round: the systemd watchdog is fed only while every
         # engine's is recent, so an engine stuck inside a runner call gets the daemon restarted.
         self.heartbeat = time.monotonic()
@@ -247,12 +248,18 @@ class GenerationEngine:
             first_row = batch.decode[0].row  # 0, but for a lone request where idle_row put it
             decode_logits = (self.runner.decode(tokens, lengths, first_row=first_row) if first_row
                              else self.runner.decode(tokens, lengths))  # [n, vocab]
-        self._apply(self.scheduler.commit(batch))
+        # The step's row operations (its prompts' stores into the prefix cache, a finished
+        # request's stores and the compaction after it) wait until its tokens are handed out: none
+        # changes a token of this step, and done first they held a seen prefix's first token back
+        # by a millisecond. They keep their order, and run before the next step whatever happens.
+        self._held_ops = self.scheduler.commit(batch)
         self.delivery.begin_step()
         try:
             self._update(batch, prompt_logits, decode_logits)
         finally:
             self.delivery.end_step()
+            ops, self._held_ops = self._held_ops, None
+            self._apply(ops)
 
     def _update(self, batch: Batch, prompt_logits, decode_logits: Optional[np.ndarray]) -> None:
         requests = list(batch.decode) + [request for request, _ in prompt_logits]
@@ -293,7 +300,11 @@ class GenerationEngine:
         self._finish(request, status, self.output.interrupted(request, status))
 
     def _finish(self, request: GenerationRequest, status: RequestStatus, event: TokenEvent) -> None:
-        self._apply(self.scheduler.finish(request, status))
+        ops = self.scheduler.finish(request, status)
+        if self._held_ops is not None:  # within a step: after its tokens are out
+            self._held_ops += ops
+        else:
+            self._apply(ops)
         if request.prefix_hit:
             event = dataclasses.replace(event, cached_tokens=request.prefix_hit)
         self.delivery.emit(request, event)

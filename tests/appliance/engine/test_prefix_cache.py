@@ -200,6 +200,28 @@ def test_a_store_that_fails_fails_the_step_and_leaves_no_block_without_its_kv():
         engine.close()
 
 
+@pytest.mark.parametrize("tokens", [1, 3], ids=["the only token", "a first of three"])
+def test_a_prompts_first_token_is_handed_out_before_its_blocks_are_stored(tokens):
+    engine, runner = engine_with_cache(cache_generated=True)
+    store, order = runner.store_blocks, []
+
+    def recorded_store(slot, blocks):
+        order.append("store")
+        store(slot, blocks)
+
+    runner.store_blocks = recorded_store
+    try:
+        engine.submit(SYSTEM + [50], SamplingParams(max_tokens=tokens, ignore_eos=True),
+                      lambda event: order.append("token" if event.token_ids else "end"))
+        assert wait_for(lambda: engine.stats().admitted == 0)
+        assert order[0] == "token" and "store" in order
+        runner.prefills.clear()  # the stores did happen: the next question hits (up to the cold chunks' cut)
+        assert tokens_of(collect_many(engine, [job(SYSTEM + [60])])[0]) == expected_tokens(SYSTEM + [60], 6)
+        assert runner.prefills[0][1] == 32
+    finally:
+        engine.close()
+
+
 def test_with_cache_generated_a_finished_history_enters_the_cache():
     engine, runner = engine_with_cache(cache_generated=True)
     try:
