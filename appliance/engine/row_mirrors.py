@@ -9,6 +9,9 @@ cache the same way). On a 1,000-token hit of the SmolLM-135M shape on this machi
 copy took 9 ms of a 79 ms first token on one thread, 5-6 ms on two; skipped, the first token came
 in 69 ms (the in-process engine, 30 hits each way, interleaved).
 
+Rows also keep the order they were last written in (`mark_used`), so that a request which finds
+none of its prefix in place overwrites the row whose content was least recently wanted.
+
 Exactness rests on seeing every write: the runner calls `forget_block` before anything overwrites a
 pool block (only store_blocks does), `forget_positions` before a run or copy writes a row's
 positions, and `record` after a copy made a row's block and a pool block equal. Positions are block
@@ -23,6 +26,8 @@ class RowMirrors:
         self.block_tokens = block_tokens
         self._rows: dict[int, dict[int, int]] = {}  # row -> {first position: pool block it equals}
         self._holders: dict[int, set[tuple[int, int]]] = {}  # pool block -> {(row, first position)}
+        self._last_use: dict[int, int] = {}  # row -> the clock when a request last wrote it
+        self._clock = 0
 
     def holds(self, row: int, block: int, position: int) -> bool:
         return self._rows.get(row, {}).get(position) == block
@@ -71,6 +76,18 @@ class RowMirrors:
                     found[row] = found.get(row, 0) + 1
         return found
 
+    def mark_used(self, row: int, like: int = -1) -> None:
+        """A request now writes row `row` (or, given `like`, the row took over row like's content)."""
+        if like >= 0:
+            self._last_use[row] = self._last_use.get(like, 0)
+            return
+        self._clock += 1
+        self._last_use[row] = self._clock
+
+    def last_used(self, row: int) -> int:
+        """When a request last wrote row `row` (0: never); larger is later."""
+        return self._last_use.get(row, 0)
+
     def blocks_held(self, row: int) -> int:
         return len(self._rows.get(row, ()))
 
@@ -81,6 +98,7 @@ class RowMirrors:
     def clear(self) -> None:
         self._rows.clear()
         self._holders.clear()
+        self._last_use.clear()
 
     def _drop(self, row: int, position: int) -> None:
         block = self._rows.get(row, {}).pop(position, None)

@@ -220,6 +220,7 @@ class SharedKVRunner:
         if self._cached[slot] > end:  # a row that held more (a rewritten chunk) keeps no stale ones
             device.clear(self._mask, row + end, int(self._cached[slot]) - end)
         self._mirrors.forget_positions(slot, start, end)
+        self._mirrors.mark_used(slot)
         session = self.prefill_session or self.session
         binding = session.io_binding()
         device.bind(binding, "input_ids", ids, 0, (1, size))
@@ -277,27 +278,28 @@ class SharedKVRunner:
         for position, block in mirrored.items():
             if position + self._block_tokens <= length:
                 mirrors.record(dst, block, position)
+        mirrors.mark_used(dst, like=src)
 
     def idle_row(self, pool_slots: tuple[int, ...]) -> int:
         """The row for a request admitted while no other is held (the scheduler keeps it there
-        while it runs alone), given the pool slots of its cached prefix (none: a miss): the row
-        where it keeps most blocks of the cache in place, counting the blocks of its hit a row
-        holds (copies saved now) less the row's other blocks, which the request overwrites (copies
-        a later hit on them would make again). A miss so takes the row that holds least, and a
-        request that shares only the chat template's first block with a row holding a whole
-        system prompt goes elsewhere: given the row by that block alone, every unseen prefix
-        evicted the seen one, and its next hit copied all 64 blocks again (5 ms of a 60 ms first
-        token). Row 0 under CUDA graphs, which would capture a graph per row. Rows whose padded
-        step would outrun the buffers are not offered."""
+        while it runs alone), given the pool slots of its cached prefix (none: a miss).
+
+        The row that holds most of the hit's blocks in place, if it holds more of them than of
+        other blocks, which the request overwrites; else an empty row; else the row written least
+        recently. A request that shares only the chat template's opening block with the row of a
+        whole system prompt so goes elsewhere: given that row for the one block, every unseen
+        prefix evicted the seen one, and its next hit copied all 64 blocks again (5 ms of a 60 ms
+        first token), as it did once the rows were full if the row holding least was taken.
+        Row 0 under CUDA graphs, which would capture a graph per row. Rows whose padded step
+        would outrun the buffers are not offered."""
         if self.cuda_graph or not self._pool:
             return 0
         rows, mirrors = range(self._rows - self.row_quantum + 1), self._mirrors
         held = mirrors.rows_holding(pool_slots)
-
-        def blocks_kept(row: int) -> int:
-            return 2 * held.get(row, 0) - mirrors.blocks_held(row)
-
-        return max(rows, key=lambda row: (blocks_kept(row), -row))
+        keeping = [row for row in rows if 2 * held.get(row, 0) > mirrors.blocks_held(row)]
+        if keeping:
+            return max(keeping, key=lambda row: (held[row], -row))
+        return min(rows, key=lambda row: (mirrors.blocks_held(row) > 0, mirrors.last_used(row), row))
 
     def release(self, slot: int) -> None:
         if self._cached[slot]:
@@ -351,6 +353,7 @@ class SharedKVRunner:
         self._block_copies(slot, missing, True)
         for block, position in missing:
             mirrors.record(slot, block, position)
+        mirrors.mark_used(slot)
         self.device.write(self._mask, int(self._row_starts[slot]), np.ones(length, self._mask.dtype))
         self._cached[slot] = length
 

@@ -47,3 +47,14 @@ def test_a_recorded_position_replaces_the_block_it_held():
     assert mirrors.blocks_of(0) == {0: 5, 16: 9, 32: 7}
     mirrors.forget_block(6)  # no longer row 0's: nothing to forget
     assert mirrors.blocks_of(0) == {0: 5, 16: 9, 32: 7}
+
+
+def test_rows_keep_the_order_they_were_last_written_in_and_a_moved_row_its_sources():
+    mirrors = RowMirrors(16)
+    for row in (2, 0, 1, 2):
+        mirrors.mark_used(row)
+    assert sorted(range(4), key=mirrors.last_used) == [3, 0, 1, 2]  # row 3 never written
+    mirrors.mark_used(3, like=0)
+    assert mirrors.last_used(3) == mirrors.last_used(0) < mirrors.last_used(1)
+    mirrors.clear()
+    assert all(mirrors.last_used(row) == 0 for row in range(4))
