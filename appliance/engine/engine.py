@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from appliance.engine.delivery import Delivery, LoopSink
 from appliance.engine.output import OutputStage
 from appliance.engine.prefix_cache import PrefixCache, PrefixCacheStats
+from appliance.engine.prompt_tokenizer import PromptTokenizer
 from appliance.engine.request import FINISHED_STATES, Emit, GenerationRequest, RequestStatus, TokenEvent
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import Batch, MoveRow, ReleaseRow, RowOp, Scheduler, SchedulerConfig, StoreBlocks
@@ -79,6 +80,7 @@ class GenerationEngine:
                  config: Optional[SchedulerConfig] = None, name: str = "engine"):
         self.runner = runner
         self.tokenizer = tokenizer
+        self.prompt_tokenizer = PromptTokenizer(tokenizer)  # reuses the ids of a prompt's seen leading text
         self.eos_token_ids = frozenset(eos_token_ids)
         self.context_length = runner.context_length
         self.output = OutputStage(tokenizer, self.eos_token_ids, self.context_length)
@@ -123,7 +125,7 @@ class GenerationEngine:
     # ---- admission (any thread) -------------------------------------------------------------
 
     def tokenize(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt).ids
+        return self.prompt_tokenizer.encode(prompt)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Emit,
                deadline_ns: int = 0) -> GenerationRequest:

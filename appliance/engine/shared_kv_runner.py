@@ -299,7 +299,11 @@ class SharedKVRunner:
         keeping = [row for row in rows if 2 * held.get(row, 0) > mirrors.blocks_held(row)]
         if keeping:
             return max(keeping, key=lambda row: (held[row], -row))
-        return min(rows, key=lambda row: (mirrors.blocks_held(row) > 0, mirrors.last_used(row), row))
+
+        def least_wanted(row: int) -> tuple[int, int, int]:
+            return (1, mirrors.last_used(row), row) if mirrors.blocks_held(row) else (0, 0, row)
+
+        return min(rows, key=least_wanted)
 
     def release(self, slot: int) -> None:
         if self._cached[slot]:

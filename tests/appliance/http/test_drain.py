@@ -33,11 +33,11 @@ def test_drain_lets_a_stream_in_flight_finish_and_refuses_new_requests(models_di
         hold, gate, held = threading.Event(), threading.Event(), threading.Event()
         real_decode = runner.decode
 
-        def gated_decode(*args):
+        def gated_decode(*args, **kwargs):
             if hold.is_set():
                 held.set()
                 gate.wait(30)
-            return real_decode(*args)
+            return real_decode(*args, **kwargs)
 
         runner.decode = gated_decode
         url = f"http://{daemon.http_address}/v1/completions"

@@ -57,9 +57,9 @@ def slow_down(engine, seconds_per_step: float) -> None:
     """Makes one engine's decode steps slow, so a stream surely spans a reload."""
     decode = engine.runner.decode
 
-    def slow_decode(*args):
+    def slow_decode(*args, **kwargs):
         time.sleep(seconds_per_step)
-        return decode(*args)
+        return decode(*args, **kwargs)
 
     engine.runner.decode = slow_decode
 
