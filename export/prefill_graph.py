@@ -60,7 +60,8 @@ def write_int8_prefill_graph(staging: Path, model_file: str) -> str:
     layer_matmuls = [n for n in graph.node if n.op_type == "MatMulNBits" and "lm_head" not in n.name]
     if not layer_matmuls:
         raise ExportError("an int8 prefill graph needs the layers' MatMulNBits nodes; the graph has none")
-    constants = {"prefill_q_step": np.array(1 / 127, np.float32), "prefill_q_zero": np.array(128, np.uint8), "prefill_q_one": np.array(1, np.float32)}
+    constants = {"prefill_q_step": np.array(1 / 127, np.float32), "prefill_q_zero": np.array(128, np.uint8),
+                 "prefill_q_one": np.array(1, np.float32)}
     if opset >= 18:  # ReduceMax's axes: an input from opset 18 on, an attribute before
         constants["prefill_q_axes"] = np.array([-1], np.int64)
     if opset < 21:  # the four-op quantization's shift (see _quantize_rows)

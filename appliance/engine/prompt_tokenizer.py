@@ -13,9 +13,9 @@ used first out, within a budget of bytes).
 
 That independence is checked, not assumed: a special token that strips the whitespace before it
 or matches only whole words could reach across a cut, and a pre-tokenizer could treat a piece at
-the start of the text unlike one after a special token. So each special token is probed, the first time a
-prompt holds it, with texts cut before it; a token whose cut changes any ids is never cut at, and
-a tokenizer whose post-processor appends ids (not only prepends) is never cut at all.
+the start of the text unlike one after a special token. So each special token is probed, the
+first time a prompt holds it, with texts cut before it; a token whose cut changes any ids is never
+cut at, and a tokenizer whose post-processor appends ids (not only prepends) is never cut at all.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+
 import numpy as np
 from tokenizers import Tokenizer
 
@@ -76,7 +77,7 @@ class PromptTokenizer:
             encoding = self.tokenizer.encode(text[known:], add_special_tokens=False)
             ids = head.tolist() + encoding.ids
             self.reused_chars += known
-        self._remember(text, known, encoding, [s for s in starts if s > known])
+        self._remember(text, head, known, encoding, [s for s in starts if s > known])
         return ids
 
     def _is_safe(self, token: str) -> bool:
@@ -85,9 +86,9 @@ class PromptTokenizer:
             safe = self._safe[token] = _cut_keeps_ids(self.tokenizer, token)
         return safe
 
-    def _remember(self, text: str, known: int, encoding, starts: list[int]) -> None:
+    def _remember(self, text: str, head, known: int, encoding, starts: list[int]) -> None:
         """Remembers text[:s] for each cut s past `known`: its ids end where the special token at s
-        begins, in `encoding` (of text[known:], following the ids remembered for text[:known])."""
+        begins, in `encoding` (of text[known:], following `head`, the ids of text[:known])."""
         if not starts:
             return
         offsets, ids = encoding.offsets, np.asarray(encoding.ids, np.int32)
@@ -100,7 +101,6 @@ class PromptTokenizer:
                 return  # no id begins at the cut: leave the rest unremembered
             found.append((start, position))
         with self._lock:
-            head = self._texts.get(text[:known]) if known else None
             for start, position in found:
                 key = text[:start]
                 if key in self._texts:
@@ -111,7 +111,6 @@ class PromptTokenizer:
                 self.held_bytes += _size(key, prefix)
             while self.held_bytes > self.max_bytes:
                 self.held_bytes -= _size(*self._texts.popitem(last=False))
-
 
 
 def _size(text: str, ids: np.ndarray) -> int:

@@ -14,8 +14,9 @@ the rest; a completed prompt's blocks, and with `cache_generated` a finished req
 are stored into the pool (StoreBlocks) before anything moves over its row.
 
 A released row keeps its KV, so a request admitted while no other is held may be given another
-row than 0 (`idle_row`, the runner's choice: the row that still holds most of its cached
-prefix and least of other prefixes, which the request would overwrite). It runs there alone; the next request admitted first moves it to
+row than 0 (`idle_row`, the runner's choice: the row that still holds most of its cached prefix,
+if it holds less of other prefixes, which the request would overwrite; else an empty row, else
+the one written least recently). It runs there alone; the next request admitted first moves it to
 row 0 (`Batch.moves`), and the invariant above holds again. A support bot's next question, or a
 chat's next turn, then finds its prefix in place although a request with another prefix ran in
 between.
