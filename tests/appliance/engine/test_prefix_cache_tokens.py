@@ -10,13 +10,14 @@ import pytest
 from tokenizers import Tokenizer
 
 from appliance.engine.batch_invariance import probe_hit_quantum
-from appliance.engine.chat import ChatMessage, ChatTemplate
+from appliance.engine.chat import ChatMessage
 from appliance.engine.engine import GenerationEngine
 from appliance.engine.providers import RuntimeOptions
 from appliance.engine.runners import open_decoder_runner
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import SchedulerConfig
 from appliance.model_package import open_package
+from tests.appliance.engine.package_chat import tokenizer_and_template
 from tests.appliance.engine.streams import collect_many
 
 CHUNK, BLOCK = 32, 8
@@ -76,6 +77,22 @@ def test_hits_give_the_tokens_and_logprobs_of_cold_prefills(package, hits, model
     assert stats.hit_tokens >= len(jobs) * 48  # every lookup after the first hit most of its prefix
 
 
+def one_at_a_time_cold_and_cached(path, jobs):
+    """(outputs without the cache, outputs with it, its stats, blocks the runner did not copy),
+    each job run alone in turn."""
+    cold = engine_for(path, 0)
+    try:
+        expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
+    finally:
+        cold.close()
+    cached = engine_for(path, 10**7)
+    try:
+        got = [outputs(collect_many(cached, [job])[0]) for job in jobs]
+        return expected, got, cached.prefix_cache_stats(), cached.runner.blocks_not_copied
+    finally:
+        cached.close()
+
+
 def test_a_prefix_met_again_after_another_ran_is_found_in_its_own_row_and_not_copied(models_dir):
     """Two prefixes in turn, one request at a time: each is admitted to the row its prefix's last
     request left (idle_row), so no hit copies a block, and the tokens are still the cold ones."""
@@ -85,17 +102,7 @@ def test_a_prefix_met_again_after_another_ran_is_found_in_its_own_row_and_not_co
     shared, other = ([int(t) for t in rng.integers(10, vocab - 10, 64)] for _ in range(2))
     jobs = [(prefix + [int(t) for t in rng.integers(10, vocab - 10, 5)],
              SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for prefix in (shared, other) * 3]
-    cold = engine_for(path, 0)
-    try:
-        expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
-    finally:
-        cold.close()
-    cached = engine_for(path, 10**7)
-    try:
-        got = [outputs(collect_many(cached, [job])[0]) for job in jobs]
-        stats, not_copied = cached.prefix_cache_stats(), cached.runner.blocks_not_copied
-    finally:
-        cached.close()
+    expected, got, stats, not_copied = one_at_a_time_cold_and_cached(path, jobs)
     assert got == expected
     assert stats.hit_tokens == 4 * 64 and not_copied == 4 * 64 // BLOCK  # the last four hit, in place
 
@@ -119,17 +126,7 @@ def test_a_prefix_that_shares_only_its_first_block_with_a_seen_one_runs_elsewher
     for other in others:
         prompts += [other + ids(5), system + ids(5)]
     jobs = [(p, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)) for p in prompts]
-    cold = engine_for(path, 0)
-    try:
-        expected = [outputs(collect_many(cold, [job])[0]) for job in jobs]
-    finally:
-        cold.close()
-    cached = engine_for(path, 10**7)
-    try:
-        got = [outputs(collect_many(cached, [job])[0]) for job in jobs]
-        not_copied = cached.runner.blocks_not_copied
-    finally:
-        cached.close()
+    expected, got, _, not_copied = one_at_a_time_cold_and_cached(path, jobs)
     assert got == expected
     # The system prompt's later five questions find all 8 of its blocks in place. Three others take
     # the empty rows and copy their opening block; the last two take the rows of the first two,
@@ -139,11 +136,7 @@ def test_a_prefix_that_shares_only_its_first_block_with_a_seen_one_runs_elsewher
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_chat_templates_render_each_turn_as_a_token_prefix_of_the_next(model, models_dir):
-    path = models_dir / model
-    manifest = open_package(path)
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    template = ChatTemplate(manifest.chat_template, tokenizer.id_to_token(manifest.bos_token_id or 0) or "",
-                            tokenizer.id_to_token(manifest.eos_token_ids[0]) or "")
+    tokenizer, template = tokenizer_and_template(models_dir / model)
     history = [ChatMessage("system", "You answer questions about parcels. Be brief."),
                ChatMessage("user", "Where is my order 4417?")]
     replies = ["It left the depot today.", "您的包裹明天到达。"]

@@ -5,12 +5,12 @@ only the text's first word, a post-processor that appends an id), which it must 
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer, pre_tokenizers, processors
+from tokenizers import AddedToken, pre_tokenizers, processors
 
-from appliance.engine.chat import ChatMessage, ChatTemplate
+from appliance.engine.chat import ChatMessage
 from appliance.engine.prompt_tokenizer import PromptTokenizer
-from appliance.model_package import open_package
 from export.tiny_models import make_tokenizer
+from tests.appliance.engine.package_chat import tokenizer_and_template
 
 SYSTEM = "You answer questions about parcels for Acme Logistics. " * 12  # ~650 characters
 CJK = "退货政策：三十天内可以退货，请保留收据。"
@@ -33,11 +33,7 @@ def conversation_prompts(template):
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_each_turn_gets_the_ids_of_the_whole_and_reuses_the_history_before_it(model, models_dir):
-    path = models_dir / model
-    manifest = open_package(path)
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    template = ChatTemplate(manifest.chat_template, tokenizer.id_to_token(manifest.bos_token_id or 0) or "",
-                            tokenizer.id_to_token(manifest.eos_token_ids[0]) or "")
+    tokenizer, template = tokenizer_and_template(models_dir / model)
     prompts = conversation_prompts(template)
     cached = PromptTokenizer(tokenizer)
     assert cached.cuts
