@@ -65,9 +65,10 @@ class PromptTokenizer:
         known, head = 0, None
         with self._lock:
             for start in reversed(starts):
-                head = self._texts.get(text[:start])
+                key = text[:start]
+                head = self._texts.get(key)
                 if head is not None:
-                    self._texts.move_to_end(text[:start])
+                    self._texts.move_to_end(key)
                     known = start
                     break
         if head is None:

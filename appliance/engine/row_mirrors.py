@@ -76,13 +76,14 @@ class RowMirrors:
                     found[row] = found.get(row, 0) + 1
         return found
 
-    def mark_used(self, row: int, like: int = -1) -> None:
-        """A request now writes row `row` (or, given `like`, the row took over row like's content)."""
-        if like >= 0:
-            self._last_use[row] = self._last_use.get(like, 0)
-            return
+    def mark_used(self, row: int) -> None:
+        """A request now writes row `row`."""
         self._clock += 1
         self._last_use[row] = self._clock
+
+    def took_over(self, row: int, source: int) -> None:
+        """Row `row` now holds row source's content (a move): it was last wanted when that was."""
+        self._last_use[row] = self._last_use.get(source, 0)
 
     def last_used(self, row: int) -> int:
         """When a request last wrote row `row` (0: never); larger is later."""

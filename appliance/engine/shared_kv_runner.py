@@ -278,7 +278,7 @@ class SharedKVRunner:
         for position, block in mirrored.items():
             if position + self._block_tokens <= length:
                 mirrors.record(dst, block, position)
-        mirrors.mark_used(dst, like=src)
+        mirrors.took_over(dst, src)
 
     def idle_row(self, pool_slots: tuple[int, ...]) -> int:
         """The row for a request admitted while no other is held (the scheduler keeps it there

@@ -35,7 +35,7 @@ def test_a_full_queue_is_refused_at_once_over_grpc(models_dir, tmp_path):
         engine = running.daemon.registry.get("llama").engine.replicas[0]
         gate = threading.Event()
         real_decode = engine.runner.decode
-        engine.runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]
+        engine.runner.decode = lambda *args, **kwargs: (gate.wait(30), real_decode(*args, **kwargs))[1]
 
         async def scenario():
             async with AsyncApplianceClient(running.target, timeout_s=60) as aclient:

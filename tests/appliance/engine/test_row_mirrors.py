@@ -54,7 +54,7 @@ def test_rows_keep_the_order_they_were_last_written_in_and_a_moved_row_its_sourc
     for row in (2, 0, 1, 2):
         mirrors.mark_used(row)
     assert sorted(range(4), key=mirrors.last_used) == [3, 0, 1, 2]  # row 3 never written
-    mirrors.mark_used(3, like=0)
+    mirrors.took_over(3, 0)
     assert mirrors.last_used(3) == mirrors.last_used(0) < mirrors.last_used(1)
     mirrors.clear()
     assert all(mirrors.last_used(row) == 0 for row in range(4))

@@ -56,7 +56,7 @@ def test_health_goes_not_serving_loading_serving_draining(models_dir, tmp_path):
             runner = daemon.registry.get("llama").engine.replicas[0].runner
             gate = threading.Event()
             real_decode = runner.decode
-            runner.decode = lambda *args: (gate.wait(30), real_decode(*args))[1]
+            runner.decode = lambda *args, **kwargs: (gate.wait(30), real_decode(*args, **kwargs))[1]
             running = inference.Generate(pb.GenerateRequest(model="llama", prompt="story", max_tokens=200, ignore_eos=True))
             first = await running.read()
             drain = asyncio.create_task(daemon.drain())
