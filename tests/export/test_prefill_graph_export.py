@@ -92,7 +92,7 @@ def test_the_int8_prefill_graph_computes_the_int4_weights_rows_apart(tmp_path, z
     prefill = onnx.load(str(tmp_path / "prefill.onnx"), load_external_data=False)
     ops = [node.op_type for node in prefill.graph.node]
     assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("MatMulNBits") == 1  # the LM head stays
-    assert ops.count("Mul") == 1  # the row scales; the kernel applies them to its products itself
+    assert ops.count("Mul") == 1  # the one making the row scale: the kernel scales its products itself
     locations = {e.value for i in prefill.graph.initializer for e in i.external_data if e.key == "location"}
     assert locations == {"model.onnx.data", "prefill.onnx.data"}  # kept tensors are not written twice
     exact = tmp_path / "fp32-activations"  # the same int4 weights at accuracy level 1: the reference
