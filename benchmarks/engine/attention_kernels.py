@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, ValueInfoProto, helper
 
 SHAPES = {  # query heads, kv heads, head size, layers
     "smollm-135m": (9, 3, 64, 30),
@@ -41,7 +41,7 @@ def _model(nodes, inputs, outputs) -> bytes:
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def _tensor(name: str, elem_type: int, shape) -> object:
+def _tensor(name: str, elem_type: int, shape) -> ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
