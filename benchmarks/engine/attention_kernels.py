@@ -25,6 +25,7 @@ import argparse
 import statistics
 import time
 
+import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, ValueInfoProto, helper
@@ -46,22 +47,22 @@ def _tensor(name: str, elem_type: int, shape) -> ValueInfoProto:
 
 
 class Candidate:
-    """One kernel's session and its bound inputs; run() times one call."""
+    """One kernel's session and its bound inputs; run() times one call. `shared` maps an input to
+    the output bound to the same buffer (past and present KV)."""
 
-    def __init__(self, name: str, model: bytes, feeds: dict, shared: tuple[tuple[str, str], ...], threads: int):
+    def __init__(self, model: bytes, feeds: dict, shared: dict[str, str], threads: int):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.set_denormal_as_zero", "1")  # as the daemon runs
         # Its threads stop spinning when a run returns, or they would take the cores from the
         # candidate timed next (each session has its own pool).
         options.add_session_config_entry("session.force_spinning_stop", "1")
-        self.name = name
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.binding = self.session.io_binding()
         self._values = []  # OrtValues bound as both past and present: kept alive here
         self.output_names = []  # in the order they are bound, which binding.get_outputs() keeps
         for input_name, value in feeds.items():
-            output_name = dict(shared).get(input_name)
+            output_name = shared.get(input_name)
             if output_name is None:
                 self.binding.bind_cpu_input(input_name, value)
                 continue
@@ -70,9 +71,8 @@ class Candidate:
             self.binding.bind_ortvalue_input(input_name, buffer)
             self.binding.bind_ortvalue_output(output_name, buffer)
             self.output_names.append(output_name)
-        bound = {output for _, output in shared}
         for output in self.session.get_outputs():
-            if output.name not in bound:
+            if output.name not in shared.values():
                 self.binding.bind_output(output.name)
                 self.output_names.append(output.name)
 
@@ -86,7 +86,7 @@ class Candidate:
         return time.perf_counter() - start
 
 
-def gqa(name, dtype, array_type, cache_type, cache_array, heads, kv_heads, size, rest, past, context, threads,
+def gqa(dtype, array_type, cache_type, cache_array, heads, kv_heads, size, rest, past, context, threads,
         quant: str = "") -> Candidate:
     width = (heads + 2 * kv_heads) * size
     attributes = dict(num_heads=heads, kv_num_heads=kv_heads, do_rotary=1)
@@ -111,8 +111,8 @@ def gqa(name, dtype, array_type, cache_type, cache_array, heads, kv_heads, size,
                             domain="com.microsoft", **attributes)
     outputs = [_tensor("output", dtype, None), _tensor("present_key", cache_type, None),
                _tensor("present_value", cache_type, None)]
-    return Candidate(name, _model([node], inputs, outputs), feeds,
-                     (("past_key", "present_key"), ("past_value", "present_value")), threads)
+    return Candidate(_model([node], inputs, outputs), feeds,
+                     {"past_key": "present_key", "past_value": "present_value"}, threads)
 
 
 def mha(heads, size, rest, past, threads) -> Candidate:
@@ -126,12 +126,10 @@ def mha(heads, size, rest, past, threads) -> Candidate:
     rng = np.random.default_rng(0)
     feeds = {n: rng.random((1, rest, width), np.float32) for n in ("query", "key", "value")}
     feeds.update({n: rng.random((1, heads, past, size), np.float32) for n in ("past_key", "past_value")})
-    return Candidate("mha-fp32", _model([node], inputs, outputs), feeds, (), threads)
+    return Candidate(_model([node], inputs, outputs), feeds, {}, threads)
 
 
 def main(argv=None) -> int:
-    import ml_dtypes
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="smollm-135m")
     parser.add_argument("--rest", type=int, default=41, help="new tokens prefilled after the hit")
@@ -144,27 +142,27 @@ def main(argv=None) -> int:
     common = (heads, kv_heads, size, args.rest, args.past, args.context, args.threads)
     f32, f16, bf16, i8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8
     makers = {
-        "gqa-fp32": lambda: gqa("gqa-fp32", f32, np.float32, f32, np.float32, *common),
-        "gqa-fp16": lambda: gqa("gqa-fp16", f16, np.float16, f16, np.float16, *common),
-        "gqa-bf16": lambda: gqa("gqa-bf16", bf16, ml_dtypes.bfloat16, bf16, ml_dtypes.bfloat16, *common),
-        "gqa-int8kv": lambda: gqa("gqa-int8kv", f32, np.float32, i8, np.int8, *common, quant="PER_TENSOR"),
+        "gqa-fp32": lambda: gqa(f32, np.float32, f32, np.float32, *common),
+        "gqa-fp16": lambda: gqa(f16, np.float16, f16, np.float16, *common),
+        "gqa-bf16": lambda: gqa(bf16, ml_dtypes.bfloat16, bf16, ml_dtypes.bfloat16, *common),
+        "gqa-int8kv": lambda: gqa(f32, np.float32, i8, np.int8, *common, quant="PER_TENSOR"),
         "mha-fp32": lambda: mha(heads, size, args.rest, args.past, args.threads),
     }
-    candidates, missing = [], {}
+    candidates, missing = {}, {}
     for name, make in makers.items():
         try:
             candidate = make()
             candidate.run()  # a kernel may be registered and still refuse these inputs at run time
-            candidates.append(candidate)
+            candidates[name] = candidate
         except Exception as exc:  # noqa: BLE001 - reported, not raised: the point is which kernels exist
             missing[name] = str(exc).splitlines()[0][:160]
-    for candidate in candidates:
+    for candidate in candidates.values():
         for _ in range(3):
             candidate.run()
-    times = {c.name: [] for c in candidates}
+    times = {name: [] for name in candidates}
     for _ in range(args.runs):
-        for candidate in candidates:
-            times[candidate.name].append(candidate.run())
+        for name, candidate in candidates.items():
+            times[name].append(candidate.run())
     print(f"onnxruntime {ort.__version__}, {args.shape} ({heads}/{kv_heads} heads, head size {size}, {layers} layers): "
           f"{args.rest} new tokens after {args.past} cached, {args.threads} threads, median of {args.runs}")
     base = statistics.median(times["gqa-fp32"]) if "gqa-fp32" in times else None

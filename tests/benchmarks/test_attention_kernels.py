@@ -19,8 +19,8 @@ def _output(candidate) -> np.ndarray:
 def test_float16_and_float32_candidates_agree():
     shape = (4, 2, 16, 8, 24, 64, 1)  # heads, kv heads, head size, rest, past, context, threads
     f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
-    full = _output(attention_kernels.gqa("f32", f32, np.float32, f32, np.float32, *shape))
-    half = _output(attention_kernels.gqa("f16", f16, np.float16, f16, np.float16, *shape))
+    full = _output(attention_kernels.gqa(f32, np.float32, f32, np.float32, *shape))
+    half = _output(attention_kernels.gqa(f16, np.float16, f16, np.float16, *shape))
     assert full.shape == (1, 8, 4 * 16)
     assert np.abs(full).max() > 0.01  # something was attended to
     np.testing.assert_allclose(half, full, atol=2e-2)
